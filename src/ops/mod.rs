@@ -1,0 +1,14 @@
+//! Operations on a connected chip: identification, flash planning, erase, write, verify, read.
+//!
+//! Planning is pure (see [`plan`]): it turns an image and a device into the exact pages to erase
+//! and the blocks to write, and is tested without a chip. Execution reports progress through
+//! [`Progress`] and never prints.
+
+pub mod connect;
+pub mod flash;
+pub mod plan;
+pub mod progress;
+
+pub use connect::{connect, ConnectOptions, Connection};
+pub use plan::{EraseStep, FlashPlan, PlanOptions, WriteBlock};
+pub use progress::{NoProgress, Note, Progress, Stage};

@@ -1,0 +1,127 @@
+//! Saving and loading a simulated chip's non-volatile memory, so that separate commands see one
+//! chip and tests can check what a client really wrote.
+//!
+//! Format: the line `stm32boot-sim-state 1`, one line of JSON describing the regions, then the
+//! regions' raw bytes back to back. Written to a temporary file and renamed into place.
+
+use super::chip::Chip;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+const MAGIC: &str = "stm32boot-sim-state 1";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    pid: u16,
+    part: String,
+    flash: usize,
+    option_bytes: Vec<usize>,
+    otp: usize,
+    erase_counts: Vec<u32>,
+}
+
+/// Save flash, option bytes, OTP and erase counters.
+pub fn save(chip: &Chip, path: &Path) -> Result<()> {
+    let header = Header {
+        pid: chip.device().pid,
+        part: chip.device().name.clone(),
+        flash: chip.flash.len(),
+        option_bytes: chip.option_bytes.iter().map(Vec::len).collect(),
+        otp: chip.otp.len(),
+        erase_counts: chip.erase_counts.clone(),
+    };
+    let json = serde_json::to_string(&header)
+        .map_err(|e| Error::Device(format!("encoding sim state: {e}")))?;
+    let tmp = path.with_extension("tmp");
+    let ctx = |what: &str| format!("{what} sim state {}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
+    let mut write = |bytes: &[u8]| f.write_all(bytes).map_err(|e| Error::io(ctx("writing"), e));
+    write(MAGIC.as_bytes())?;
+    write(b"\n")?;
+    write(json.as_bytes())?;
+    write(b"\n")?;
+    write(&chip.flash)?;
+    for ob in &chip.option_bytes {
+        write(ob)?;
+    }
+    write(&chip.otp)?;
+    f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(ctx("replacing"), e))
+}
+
+/// Load what [`save`] wrote into a chip of the same part.
+pub fn load(chip: &mut Chip, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::io(format!("reading sim state {}", path.display()), e))?;
+    let bad = |why: &str| {
+        Error::Device(format!(
+            "sim state {} is unusable: {why}; delete it to start from a blank chip",
+            path.display()
+        ))
+    };
+    let mut lines = bytes.splitn(3, |&b| b == b'\n');
+    if lines.next() != Some(MAGIC.as_bytes()) {
+        return Err(bad("it does not start with the stm32boot state header"));
+    }
+    let header: Header = serde_json::from_slice(lines.next().unwrap_or_default())
+        .map_err(|e| bad(&format!("header: {e}")))?;
+    let body = lines.next().unwrap_or_default();
+    if header.pid != chip.device().pid
+        || header.flash != chip.flash.len()
+        || header.option_bytes != chip.option_bytes.iter().map(Vec::len).collect::<Vec<_>>()
+        || header.otp != chip.otp.len()
+    {
+        return Err(bad(&format!(
+            "it holds a {} (PID 0x{:03X}, {} bytes of flash), not this {} with {} bytes",
+            header.part,
+            header.pid,
+            header.flash,
+            chip.device().name,
+            chip.flash.len()
+        )));
+    }
+    let total = header.flash + header.option_bytes.iter().sum::<usize>() + header.otp;
+    if body.len() != total {
+        return Err(bad(&format!("{} bytes of memory, expected {total}", body.len())));
+    }
+    let (flash, mut rest) = body.split_at(header.flash);
+    chip.flash.copy_from_slice(flash);
+    for ob in chip.option_bytes.iter_mut() {
+        let (a, b) = rest.split_at(ob.len());
+        ob.copy_from_slice(a);
+        rest = b;
+    }
+    chip.otp.copy_from_slice(rest);
+    if header.erase_counts.len() == chip.erase_counts.len() {
+        chip.erase_counts = header.erase_counts;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceTable;
+    use crate::sim::chip::Area;
+
+    #[test]
+    fn round_trip_and_mismatch() {
+        let t = DeviceTable::builtin().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chip.sim");
+        let mut c = Chip::new(t.by_part("stm32f411").unwrap().clone(), [0; 12]);
+        c.write(Area::Flash, 0x0800_1000, &[1, 2, 3, 4]);
+        c.erase_pages(&[3]);
+        save(&c, &path).unwrap();
+        let mut d = Chip::new(t.by_part("stm32f411").unwrap().clone(), [0; 12]);
+        load(&mut d, &path).unwrap();
+        assert_eq!(d.read(0x0800_1000, 4).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(d.erase_counts()[3], 1);
+        let mut l4 = Chip::new(t.by_part("stm32l476").unwrap().clone(), [0; 12]);
+        let e = load(&mut l4, &path).unwrap_err().to_string();
+        assert!(e.contains("not this"), "{e}");
+    }
+}

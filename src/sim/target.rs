@@ -1,0 +1,567 @@
+//! The ROM bootloader's side of AN3155, byte by byte.
+//!
+//! Input is fed one byte at a time, as the ROM reads its one-byte receive register; replies are
+//! appended to an output buffer. The parser is strict like the silicon: a wrong complement or
+//! checksum is NACKed, unknown or unlisted commands are NACKed, and after a NACK the next byte
+//! starts a new command.
+
+use super::chip::{Area, Chip};
+use crate::device::Quirk;
+use crate::protocol::{checksum, crc::stm32_crc_with, ACK, NACK, SYNC};
+use std::time::Duration;
+
+/// What the simulated chip is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The ROM bootloader, waiting for 0x7F.
+    BootloaderUnsynced,
+    /// The ROM bootloader, synced and taking commands.
+    Bootloader,
+    /// The application (after Go). It ignores AN3155 traffic.
+    Application {
+        /// Where Go jumped.
+        entry: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    ReadAddr,
+    ReadCount { addr: u32 },
+    GoAddr,
+    WriteAddr,
+    WriteLen { addr: u32, area: Area },
+    WriteData { addr: u32, area: Area },
+    EraseCount,
+    EraseGlobal,
+    ErasePages,
+    ExtCount,
+    ExtSpecial { code: u16 },
+    ExtPages,
+    WpCount,
+    WpCodes,
+    CkAddr,
+    CkSize { addr: u32 },
+    CkPoly { addr: u32, words: u32 },
+    CkInit { addr: u32, words: u32, poly: u32 },
+    SpecialOp { extended: bool },
+    SpecialLen { op: u16, extended: bool, packet: u8 },
+    SpecialData { op: u16, extended: bool, packet: u8 },
+}
+
+#[derive(Debug)]
+enum Rx {
+    Command,
+    Complement(u8),
+    Field { step: Step, need: usize },
+}
+
+/// A simulated chip running its ROM bootloader.
+pub struct Target {
+    chip: Chip,
+    mode: Mode,
+    rx: Rx,
+    buf: Vec<u8>,
+    version: u8,
+    commands: Vec<u8>,
+    special_ops: Vec<u16>,
+    pending_reset: bool,
+    extra_ack_pending: bool,
+    busy: Duration,
+    commands_seen: u64,
+}
+
+impl Target {
+    /// A chip that has just been reset into its bootloader.
+    pub fn new(chip: Chip) -> Target {
+        let spec = chip.device().bootloader.clone();
+        Target {
+            chip,
+            mode: Mode::BootloaderUnsynced,
+            rx: Rx::Command,
+            buf: Vec::with_capacity(300),
+            version: spec.version,
+            commands: spec.commands,
+            special_ops: Vec::new(),
+            pending_reset: false,
+            extra_ack_pending: false,
+            busy: Duration::ZERO,
+            commands_seen: 0,
+        }
+    }
+
+    /// Override the protocol version and command list (`?version=0x33` adds Get Checksum).
+    pub fn set_bootloader(&mut self, version: u8, commands: Vec<u8>) {
+        self.version = version;
+        self.commands = commands;
+    }
+
+    /// Special (0x50/0x51) opcodes this bootloader implements.
+    pub fn set_special_ops(&mut self, ops: Vec<u16>) {
+        self.special_ops = ops;
+    }
+
+    /// The chip.
+    pub fn chip(&self) -> &Chip {
+        &self.chip
+    }
+
+    /// The chip, for tests that arrange memory directly.
+    pub fn chip_mut(&mut self) -> &mut Chip {
+        &mut self.chip
+    }
+
+    /// What the chip is running.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Commands the bootloader has started since power-on.
+    pub fn commands_seen(&self) -> u64 {
+        self.commands_seen
+    }
+
+    /// Flash work time accumulated since the last call (for timing models).
+    pub fn take_busy(&mut self) -> Duration {
+        std::mem::take(&mut self.busy)
+    }
+
+    /// System reset: back into the bootloader, unsynced (BOOT0 selects system memory).
+    pub fn reset(&mut self) {
+        self.chip.reset();
+        self.mode = Mode::BootloaderUnsynced;
+        self.rx = Rx::Command;
+        self.buf.clear();
+        self.pending_reset = false;
+    }
+
+    fn has(&self, code: u8) -> bool {
+        self.commands.contains(&code)
+    }
+
+    fn quirk(&self, q: Quirk) -> bool {
+        self.chip.device().quirks.contains(&q)
+    }
+
+    /// Feed one received byte; replies go to `out`.
+    pub fn feed(&mut self, byte: u8, out: &mut Vec<u8>) {
+        match self.mode {
+            Mode::Application { .. } => {}
+            Mode::BootloaderUnsynced => {
+                if byte == SYNC {
+                    self.mode = Mode::Bootloader;
+                    self.rx = Rx::Command;
+                    out.push(ACK);
+                    if self.quirk(Quirk::ExtraAck) {
+                        self.extra_ack_pending = true;
+                    }
+                }
+                // Anything else before 0x7F upsets auto-baud on real parts; here it is ignored.
+            }
+            Mode::Bootloader => self.feed_synced(byte, out),
+        }
+        if self.pending_reset {
+            self.reset();
+        }
+    }
+
+    fn feed_synced(&mut self, byte: u8, out: &mut Vec<u8>) {
+        match std::mem::replace(&mut self.rx, Rx::Command) {
+            Rx::Command => self.rx = Rx::Complement(byte),
+            Rx::Complement(cmd) => {
+                if byte != !cmd {
+                    out.push(NACK);
+                    return;
+                }
+                self.commands_seen += 1;
+                self.start_command(cmd, out);
+            }
+            Rx::Field { step, need } => {
+                self.buf.push(byte);
+                if self.buf.len() < need {
+                    self.rx = Rx::Field { step, need };
+                    return;
+                }
+                let field = std::mem::take(&mut self.buf);
+                self.field_done(step, &field, out);
+            }
+        }
+    }
+
+    fn expect(&mut self, step: Step, need: usize) {
+        self.buf.clear();
+        self.rx = Rx::Field { step, need };
+    }
+
+    fn start_command(&mut self, cmd: u8, out: &mut Vec<u8>) {
+        if !self.has(cmd) {
+            out.push(NACK);
+            return;
+        }
+        let under_rdp = self.chip.rdp_level() >= 1;
+        let allowed_under_rdp = matches!(cmd, 0x00 | 0x01 | 0x02 | 0x92);
+        if under_rdp && !allowed_under_rdp {
+            out.push(NACK);
+            if self.quirk(Quirk::DoubleNack) {
+                out.push(NACK);
+            }
+            return;
+        }
+        if self.chip.rdp_level() == 2 && cmd == 0x92 {
+            out.push(NACK);
+            return;
+        }
+        if std::mem::take(&mut self.extra_ack_pending) {
+            out.push(ACK);
+        }
+        out.push(ACK);
+        match cmd {
+            0x00 => {
+                out.push(self.commands.len() as u8);
+                out.push(self.version);
+                out.extend_from_slice(&self.commands);
+                out.push(ACK);
+            }
+            0x01 => out.extend_from_slice(&[self.version, 0x00, 0x00, ACK]),
+            0x02 => {
+                let pid = self.chip.device().pid.to_be_bytes();
+                out.extend_from_slice(&[0x01, pid[0], pid[1], ACK]);
+            }
+            0x11 => self.expect(Step::ReadAddr, 5),
+            0x21 => self.expect(Step::GoAddr, 5),
+            0x31 => self.expect(Step::WriteAddr, 5),
+            0x43 => self.expect(Step::EraseCount, 1),
+            0x44 => self.expect(Step::ExtCount, 2),
+            0x63 => self.expect(Step::WpCount, 1),
+            0x73 => {
+                self.chip.write_unprotect();
+                self.busy += ob_program_time();
+                out.push(ACK);
+                self.pending_reset = true;
+            }
+            0x82 => {
+                self.chip.set_rdp_level1();
+                self.busy += ob_program_time();
+                out.push(ACK);
+                self.pending_reset = true;
+            }
+            0x92 => {
+                out.push(ACK);
+                self.chip.readout_unprotect();
+                let (_, max) = self.chip.device().rules.mass_erase_ms;
+                self.busy += Duration::from_millis(u64::from(max));
+                self.pending_reset = true;
+            }
+            0xA1 => self.expect(Step::CkAddr, 5),
+            0x50 => self.expect(Step::SpecialOp { extended: false }, 3),
+            0x51 => self.expect(Step::SpecialOp { extended: true }, 3),
+            _ => {}
+        }
+    }
+
+    fn addr_field(field: &[u8]) -> Option<u32> {
+        crate::protocol::parse_u32_field(field)
+    }
+
+    fn bad_address(&mut self, out: &mut Vec<u8>) {
+        if self.quirk(Quirk::SilentBadAddress) {
+            return;
+        }
+        out.push(NACK);
+    }
+
+    fn field_done(&mut self, step: Step, f: &[u8], out: &mut Vec<u8>) {
+        match step {
+            Step::ReadAddr => match Self::addr_field(f) {
+                Some(addr) if self.chip.read(addr, 1).is_some() => {
+                    out.push(ACK);
+                    self.expect(Step::ReadCount { addr }, 2);
+                }
+                Some(_) => self.bad_address(out),
+                None => out.push(NACK),
+            },
+            Step::ReadCount { addr } => {
+                if f[1] != !f[0] {
+                    out.push(NACK);
+                    return;
+                }
+                match self.chip.read(addr, usize::from(f[0]) + 1) {
+                    Some(data) => {
+                        out.push(ACK);
+                        out.extend_from_slice(&data);
+                    }
+                    None => out.push(NACK),
+                }
+            }
+            Step::GoAddr => match Self::addr_field(f) {
+                Some(addr)
+                    if matches!(self.chip.area(addr, 8), Some(Area::Flash | Area::Ram)) =>
+                {
+                    out.push(ACK);
+                    self.mode = Mode::Application { entry: addr };
+                }
+                Some(_) => self.bad_address(out),
+                None => out.push(NACK),
+            },
+            Step::WriteAddr => match Self::addr_field(f) {
+                Some(addr) => match self.chip.write_target(addr, 1) {
+                    Some(area) => {
+                        out.push(ACK);
+                        self.expect(Step::WriteLen { addr, area }, 1);
+                    }
+                    None => self.bad_address(out),
+                },
+                None => out.push(NACK),
+            },
+            Step::WriteLen { addr, area } => {
+                let n = usize::from(f[0]) + 1;
+                self.buf.push(f[0]);
+                self.rx = Rx::Field {
+                    step: Step::WriteData { addr, area },
+                    need: n + 2,
+                };
+            }
+            Step::WriteData { addr, area } => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                let data = &f[1..f.len() - 1];
+                if self.chip.write_target(addr, data.len() as u64) != Some(area) {
+                    out.push(NACK);
+                    return;
+                }
+                let resets = self.chip.write(area, addr, data);
+                if area == Area::Flash {
+                    let (_, max) = self.chip.device().rules.program_us_per_byte;
+                    self.busy += Duration::from_micros(u64::from(max) * data.len() as u64);
+                }
+                out.push(ACK);
+                if resets {
+                    self.busy += ob_program_time();
+                    self.pending_reset = true;
+                }
+            }
+            Step::EraseCount => {
+                if f[0] == 0xFF {
+                    self.expect(Step::EraseGlobal, 1);
+                } else {
+                    let n = usize::from(f[0]) + 1;
+                    self.buf.push(f[0]);
+                    self.rx = Rx::Field {
+                        step: Step::ErasePages,
+                        need: n + 2,
+                    };
+                }
+            }
+            Step::EraseGlobal => {
+                if f[0] == 0x00 {
+                    self.mass_erase(None, out);
+                } else {
+                    // AN3155: FF followed by anything but 00 erases nothing but is ACKed.
+                    out.push(ACK);
+                }
+            }
+            Step::ErasePages => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                let pages: Vec<u16> = f[1..f.len() - 1].iter().map(|&p| u16::from(p)).collect();
+                self.erase_pages(&pages, out);
+            }
+            Step::ExtCount => {
+                let n = u16::from_be_bytes([f[0], f[1]]);
+                if n >= 0xFFF0 {
+                    self.buf.extend_from_slice(f);
+                    self.rx = Rx::Field {
+                        step: Step::ExtSpecial { code: n },
+                        need: 3,
+                    };
+                } else {
+                    self.buf.extend_from_slice(f);
+                    self.rx = Rx::Field {
+                        step: Step::ExtPages,
+                        need: 2 + 2 * (usize::from(n) + 1) + 1,
+                    };
+                }
+            }
+            Step::ExtSpecial { code } => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                match code {
+                    0xFFFF => self.mass_erase(None, out),
+                    0xFFFE => self.mass_erase(Some(1), out),
+                    0xFFFD => self.mass_erase(Some(2), out),
+                    _ => out.push(NACK),
+                }
+            }
+            Step::ExtPages => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                let pages: Vec<u16> = f[2..f.len() - 1]
+                    .chunks_exact(2)
+                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                    .collect();
+                self.erase_pages(&pages, out);
+            }
+            Step::WpCount => {
+                let n = usize::from(f[0]) + 1;
+                self.buf.push(f[0]);
+                self.rx = Rx::Field {
+                    step: Step::WpCodes,
+                    need: n + 2,
+                };
+            }
+            Step::WpCodes => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                self.chip.write_protect(&f[1..f.len() - 1]);
+                self.busy += ob_program_time();
+                out.push(ACK);
+                self.pending_reset = true;
+            }
+            Step::CkAddr => match Self::addr_field(f) {
+                Some(addr) if self.chip.read(addr, 4).is_some() => {
+                    out.push(ACK);
+                    self.expect(Step::CkSize { addr }, 5);
+                }
+                _ => out.push(NACK),
+            },
+            Step::CkSize { addr } => match Self::addr_field(f) {
+                Some(words)
+                    if words > 0
+                        && self.chip.read(addr, words as usize * 4).is_some() =>
+                {
+                    out.push(ACK);
+                    self.expect(Step::CkPoly { addr, words }, 5);
+                }
+                _ => out.push(NACK),
+            },
+            Step::CkPoly { addr, words } => match Self::addr_field(f) {
+                Some(poly) => {
+                    out.push(ACK);
+                    self.expect(Step::CkInit { addr, words, poly }, 5);
+                }
+                None => out.push(NACK),
+            },
+            Step::CkInit { addr, words, poly } => match Self::addr_field(f) {
+                Some(init) => {
+                    out.push(ACK);
+                    let data = self.chip.read(addr, words as usize * 4).unwrap_or_default();
+                    let crc = stm32_crc_with(&data, poly, init).to_be_bytes();
+                    out.push(ACK);
+                    out.extend_from_slice(&crc);
+                    out.push(checksum(&crc));
+                }
+                None => out.push(NACK),
+            },
+            Step::SpecialOp { extended } => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                let op = u16::from_be_bytes([f[0], f[1]]);
+                if !self.special_ops.contains(&op) {
+                    out.push(NACK);
+                    return;
+                }
+                out.push(ACK);
+                self.expect(
+                    Step::SpecialLen {
+                        op,
+                        extended,
+                        packet: 1,
+                    },
+                    2,
+                );
+            }
+            Step::SpecialLen {
+                op,
+                extended,
+                packet,
+            } => {
+                let len = usize::from(u16::from_be_bytes([f[0], f[1]]));
+                let limit = if packet == 1 { 128 } else { 1024 };
+                if len > limit {
+                    out.push(NACK);
+                    return;
+                }
+                self.buf.extend_from_slice(f);
+                self.rx = Rx::Field {
+                    step: Step::SpecialData {
+                        op,
+                        extended,
+                        packet,
+                    },
+                    need: 2 + len + 1,
+                };
+            }
+            Step::SpecialData {
+                op,
+                extended,
+                packet,
+            } => {
+                if checksum(f) != 0 {
+                    out.push(NACK);
+                    return;
+                }
+                out.push(ACK);
+                if extended && packet == 1 {
+                    self.expect(
+                        Step::SpecialLen {
+                            op,
+                            extended,
+                            packet: 2,
+                        },
+                        2,
+                    );
+                    return;
+                }
+                // Listed opcodes without a handler return empty packets (as OpenBootloader).
+                if extended {
+                    out.extend_from_slice(&[0x00, 0x00, ACK]);
+                } else {
+                    out.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, ACK]);
+                }
+            }
+        }
+    }
+
+    fn erase_pages(&mut self, pages: &[u16], out: &mut Vec<u8>) {
+        if self.chip.erase_pages(pages) {
+            let d = self.chip.device();
+            let mut t = Duration::ZERO;
+            for p in pages {
+                if let Some(page) = d.page_by_index(*p) {
+                    let (_, max) = d.erase_ms(page.size).unwrap_or((0, 0));
+                    t += Duration::from_millis(u64::from(max));
+                }
+            }
+            self.busy += t;
+            out.push(ACK);
+        } else {
+            out.push(NACK);
+        }
+    }
+
+    fn mass_erase(&mut self, bank: Option<u8>, out: &mut Vec<u8>) {
+        if !self.chip.device().mass_erase || !self.chip.erase_bank(bank) {
+            out.push(NACK);
+            return;
+        }
+        let (_, max) = self.chip.device().rules.mass_erase_ms;
+        self.busy += Duration::from_millis(u64::from(max));
+        out.push(ACK);
+    }
+}
+
+fn ob_program_time() -> Duration {
+    Duration::from_millis(50)
+}
