@@ -1,1 +1,74 @@
-fn main() {}
+//! `stm32boot`: the command-line tool.
+
+mod cli;
+
+use clap::Parser;
+use cli::args::Cli;
+use cli::output::Bars;
+use serde_json::json;
+use std::process::ExitCode;
+
+/// Exit codes scripts can rely on.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use stm32boot::Error as E;
+    match err.downcast_ref::<E>() {
+        Some(E::InvalidRequest(_) | E::Image(_) | E::Device(_)) => 2,
+        Some(E::NoSync { .. }) => 3,
+        Some(E::Link(stm32boot::link::LinkError::Open { .. })) => 3,
+        Some(E::Verify { .. }) => 4,
+        Some(
+            E::Nack { .. }
+            | E::Timeout { .. }
+            | E::UnexpectedReply { .. }
+            | E::MalformedReply { .. }
+            | E::Unsupported { .. },
+        ) => 5,
+        Some(E::Link(_) | E::Io { .. }) => 6,
+        _ => 1,
+    }
+}
+
+fn error_code(err: &anyhow::Error) -> &'static str {
+    err.downcast_ref::<stm32boot::Error>().map(|e| e.code()).unwrap_or("error")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "stm32boot=debug",
+        _ => "stm32boot=trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut bars = Bars::new(cli.json, cli.quiet);
+    match cli::run::run(&cli, &mut bars) {
+        Ok(outcome) => {
+            if cli.json {
+                let mut v = json!({ "ok": true });
+                if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), outcome.json) {
+                    obj.extend(extra);
+                    obj.insert("notes".into(), json!(bars.notes));
+                }
+                println!("{v}");
+            } else if !cli.quiet && !outcome.text.is_empty() {
+                println!("{}", outcome.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let code = exit_code(&err);
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code }, "notes": bars.notes })
+                );
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

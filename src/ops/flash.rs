@@ -64,7 +64,7 @@ pub fn write_image(
 ) -> Result<WriteReport> {
     let plan = plan_write(conn, image, &options.plan)?;
     for page in &plan.partial_pages {
-        progress.note(Note::Warning(format!(
+        progress.note(Note::Info(format!(
             "page {} (0x{:08X}, {} KiB) is only partly covered by the image: the rest of it is erased",
             page.index,
             page.address,

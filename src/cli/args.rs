@@ -1,0 +1,341 @@
+//! Command-line definition (clap derive).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Program STM32 microcontrollers through the ROM USART bootloader (AN3155).
+#[derive(Parser, Debug)]
+#[command(name = "stm32boot", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+
+    /// Print one machine-readable JSON result on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing but errors (and the result for commands that print one).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// More detail on stderr (-v: debug, -vv: trace).
+    #[arg(long, short, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// Options for reaching the chip.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Serial port (/dev/ttyUSB0, COM3) or simulated target (sim:stm32f411[?state=FILE]).
+    #[arg(long, short, env = "STM32BOOT_PORT")]
+    pub port: Option<String>,
+
+    /// Baud rate (the bootloader detects 1200-115200 reliably).
+    #[arg(long, short, env = "STM32BOOT_BAUD", default_value_t = 115_200, value_parser = parse_baud)]
+    pub baud: u32,
+
+    /// Parity: even (8E1, what the bootloader needs), or none for pseudo-terminals and links
+    /// that carry no parity.
+    #[arg(long, value_enum, default_value_t = ParityArg::Even)]
+    pub parity: ParityArg,
+
+    /// Multiply every timeout by this factor (slow adapters, remote links).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_scale)]
+    pub timeout_scale: f64,
+
+    /// Extra device descriptions (TOML, same schema as the built-in table).
+    #[arg(long)]
+    pub device_file: Option<PathBuf>,
+
+    /// Flash size to assume instead of the one the chip reports (e.g. 256K, 1M).
+    #[arg(long, value_parser = parse_size)]
+    pub flash_size: Option<u32>,
+
+    /// Drive DTR to this level after opening the port (a failure is only a warning).
+    #[arg(long, value_enum)]
+    pub dtr: Option<Level>,
+
+    /// Drive RTS to this level after opening the port (a failure is only a warning).
+    #[arg(long, value_enum)]
+    pub rts: Option<Level>,
+}
+
+/// Parity choices.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParityArg {
+    /// 8E1.
+    Even,
+    /// 8N1.
+    None,
+    /// 8O1.
+    Odd,
+}
+
+/// A modem-control line level.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Asserted.
+    High,
+    /// Deasserted.
+    Low,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Identify the chip: PID, name, bootloader, commands, flash map, protection, unique ID.
+    Info {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Read memory to a file (.hex writes Intel HEX, anything else raw binary).
+    Read {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Start address.
+        #[arg(value_parser = parse_u32)]
+        address: u32,
+        /// Number of bytes (e.g. 4096, 0x1000, 16K).
+        #[arg(value_parser = parse_size)]
+        length: u32,
+        /// Output file.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Write an image (.bin, .hex, .srec, .elf), erasing only the pages it touches.
+    Write {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Verify after writing (Get Checksum where offered, else read-back).
+        #[arg(long)]
+        verify: bool,
+        /// Start the application afterwards.
+        #[arg(long)]
+        go: bool,
+        /// Do not erase first (the target pages must already be erased).
+        #[arg(long)]
+        no_erase: bool,
+        /// Write blocks that hold only the erased value too.
+        #[arg(long)]
+        no_skip: bool,
+        /// Print the plan (pages to erase, blocks to write) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Erase the whole flash, a bank, pages, or an address range.
+    Erase {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[command(flatten)]
+        what: EraseWhat,
+        /// Grow a --range that is not on page bounds to whole pages (says what it grows to).
+        #[arg(long)]
+        expand: bool,
+        /// Print the pages that would be erased and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check that the chip holds an image.
+    Verify {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[command(flatten)]
+        image: ImageArgs,
+    },
+    /// STM32 CRC-32 of a memory range (Get Checksum, or read-back where not offered).
+    Checksum {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Start address (multiple of 4).
+        #[arg(value_parser = parse_u32)]
+        address: u32,
+        /// Length in bytes (multiple of 4).
+        #[arg(value_parser = parse_size)]
+        length: u32,
+    },
+    /// Start the application whose vector table is at ADDR (default: start of flash).
+    Go {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Vector table address.
+        #[arg(value_parser = parse_u32)]
+        address: Option<u32>,
+    },
+    /// Read and write protection.
+    Protect {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[command(subcommand)]
+        what: ProtectCmd,
+    },
+    /// List serial ports, with USB vendor and product IDs.
+    Ports,
+    /// List the device table (filter by name, family or PID).
+    Devices {
+        /// Text to look for in the name, family or part names, or a PID such as 0x431.
+        filter: Option<String>,
+    },
+    /// Run a simulated target that other programs can open.
+    Sim(SimArgs),
+}
+
+/// Where an image comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// Image file.
+    pub file: PathBuf,
+    /// Load address for raw .bin files.
+    #[arg(long, short, value_parser = parse_u32)]
+    pub address: Option<u32>,
+}
+
+/// What to erase (exactly one).
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct EraseWhat {
+    /// The whole flash (mass erase, or every page on parts without one).
+    #[arg(long)]
+    pub all: bool,
+    /// One bank (1 or 2).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub bank: Option<u8>,
+    /// Pages by number, A..B inclusive (or a single page N).
+    #[arg(long)]
+    pub pages: Option<String>,
+    /// An address range ADDR:LEN, which must start and end on page bounds unless --expand.
+    #[arg(long)]
+    pub range: Option<String>,
+}
+
+/// Protection subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ProtectCmd {
+    /// Readout protection: `on` sets RDP level 1; `off` goes back to level 0, which MASS-ERASES
+    /// the flash.
+    Readout {
+        /// on or off.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// Needed for `off`: confirms that the whole flash will be erased.
+        #[arg(long)]
+        confirm_mass_erase: bool,
+    },
+    /// Write protection: `on SECTORS` (codes as the family defines them) or `off` for all.
+    Write {
+        /// on or off.
+        #[arg(value_enum)]
+        state: OnOff,
+        /// Sector numbers for `on` (e.g. 0,1,2 or 0..3).
+        sectors: Option<String>,
+    },
+}
+
+/// on / off.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    /// Enable.
+    On,
+    /// Disable.
+    Off,
+}
+
+/// Options of `stm32boot sim`.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Part to simulate (e.g. stm32f411, stm32l476; `stm32boot devices` lists them).
+    pub part: String,
+    /// Serve on a pseudo-terminal and print its path.
+    #[arg(long, required = true)]
+    pub pty: bool,
+    /// Also create this symlink to the pseudo-terminal, for a stable path.
+    #[arg(long)]
+    pub link: Option<PathBuf>,
+    /// Load memory from this file at start and save it on exit.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Protocol version byte to report (0x33 and up list Get Checksum).
+    #[arg(long, value_parser = parse_u8)]
+    pub bootloader_version: Option<u8>,
+    /// Flash size of the simulated part (e.g. 256K).
+    #[arg(long, value_parser = parse_size)]
+    pub flash_size: Option<u32>,
+    /// Extra device descriptions (TOML).
+    #[arg(long)]
+    pub device_file: Option<PathBuf>,
+}
+
+fn clean(s: &str) -> String {
+    s.trim().replace('_', "")
+}
+
+/// Parse a number: decimal or 0x-prefixed hex, `_` allowed.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let t = clean(s);
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => t.parse::<u32>(),
+    };
+    r.map_err(|_| format!("'{s}' is not a 32-bit number (use decimal or 0x-prefixed hex)"))
+}
+
+fn parse_u8(s: &str) -> Result<u8, String> {
+    let v = parse_u32(s)?;
+    u8::try_from(v).map_err(|_| format!("'{s}' does not fit in a byte"))
+}
+
+/// Parse a size: a number with an optional K or M suffix.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let t = clean(s);
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1024u64),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t.as_str(), 1),
+    };
+    let v = u64::from(parse_u32(num).map_err(|_| {
+        format!("'{s}' is not a size (e.g. 4096, 0x1000, 16K, 1M)")
+    })?) * mult;
+    u32::try_from(v).map_err(|_| format!("'{s}' is larger than 4 GiB"))
+}
+
+fn parse_baud(s: &str) -> Result<u32, String> {
+    let v = parse_u32(s)?;
+    if !(300..=4_000_000).contains(&v) {
+        return Err(format!("{v} baud is out of range (300 to 4000000)"));
+    }
+    Ok(v)
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(0.01..=1000.0).contains(&v) {
+        return Err(format!("timeout scale {v} is out of range (0.01 to 1000)"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numbers_and_sizes() {
+        assert_eq!(parse_u32("0x0800_0000"), Ok(0x0800_0000));
+        assert_eq!(parse_u32("4096"), Ok(4096));
+        assert!(parse_u32("0x1_0000_0000").is_err());
+        assert_eq!(parse_size("16K"), Ok(16384));
+        assert_eq!(parse_size("0x10k"), Ok(16 * 1024));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_baud("50").is_err());
+        assert!(parse_scale("0").is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! The `stm32boot` command line: argument definitions, output, and the commands.
+
+pub mod args;
+pub mod output;
+pub mod run;

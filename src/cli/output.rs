@@ -1,0 +1,87 @@
+//! What the CLI shows: indicatif progress bars on a terminal, notes on stderr, results as text
+//! or one JSON object.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use stm32boot::ops::{Note, Progress, Stage};
+
+/// Renders library progress.
+pub struct Bars {
+    bar: Option<ProgressBar>,
+    enabled: bool,
+    quiet: bool,
+    /// Notes, kept for the JSON result.
+    pub notes: Vec<Note>,
+}
+
+impl Bars {
+    /// Bars on stderr when it is a terminal and output is for a person.
+    pub fn new(json: bool, quiet: bool) -> Bars {
+        Bars {
+            bar: None,
+            enabled: !json && !quiet && std::io::stderr().is_terminal(),
+            quiet: quiet || json,
+            notes: Vec::new(),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&mut self, stage: Stage, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let template = if stage == Stage::Erase {
+            "{msg:>10} [{bar:30}] {pos}/{len} pages"
+        } else {
+            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(stage.label());
+        self.bar = Some(bar);
+    }
+
+    fn update(&mut self, _stage: Stage, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&mut self, _stage: Stage) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+
+    fn note(&mut self, note: Note) {
+        if !self.quiet {
+            if let Some(b) = &self.bar {
+                b.suspend(|| print_note(&note));
+            } else {
+                print_note(&note);
+            }
+        }
+        self.notes.push(note);
+    }
+}
+
+fn print_note(note: &Note) {
+    match note {
+        Note::Warning(m) => eprintln!("warning: {m}"),
+        Note::Info(m) => eprintln!("{m}"),
+    }
+}
+
+/// Format a byte count as KiB/MiB.
+pub fn human_size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}

@@ -1,0 +1,575 @@
+//! The commands: each connects (where it needs a chip), calls the library, and returns what to
+//! show as text and as JSON.
+
+use super::args::{Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd, SimArgs};
+use super::output::{human_size, Bars};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use stm32boot::device::{Device, DeviceTable, Page};
+use stm32boot::image::Image;
+use stm32boot::link::{LineSettings, Parity};
+use stm32boot::ops::flash::{self, WriteOptions};
+use stm32boot::ops::plan::{erase_steps, EraseStep, PlanOptions};
+use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
+use stm32boot::session::{Session, Timeouts};
+use stm32boot::sim::{pty::PtyEndpoint, SimSpec};
+use stm32boot::transport::{serial, PortSpec};
+
+/// What a command produced.
+pub struct Outcome {
+    /// For people.
+    pub text: String,
+    /// For scripts.
+    pub json: Value,
+}
+
+/// Run the parsed command line.
+pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
+    match &cli.command {
+        Cmd::Info { conn } => info(conn, bars),
+        Cmd::Read { conn, address, length, output } => read(conn, *address, *length, output, bars),
+        Cmd::Write { conn, image, verify, go, no_erase, no_skip, dry_run } => {
+            write(conn, image, *verify, *go, *no_erase, *no_skip, *dry_run, bars)
+        }
+        Cmd::Erase { conn, what, expand, dry_run } => erase(conn, what, *expand, *dry_run, bars),
+        Cmd::Verify { conn, image } => verify(conn, image, bars),
+        Cmd::Checksum { conn, address, length } => checksum(conn, *address, *length, bars),
+        Cmd::Go { conn, address } => go(conn, *address, bars),
+        Cmd::Protect { conn, what } => protect(conn, what, bars),
+        Cmd::Ports => ports(),
+        Cmd::Devices { filter } => devices(filter.as_deref()),
+        Cmd::Sim(args) => sim(args, bars),
+    }
+}
+
+fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
+    let builtin = DeviceTable::builtin()?;
+    Ok(match device_file {
+        Some(path) => builtin.with_overrides(DeviceTable::from_file(path)?),
+        None => builtin.clone(),
+    })
+}
+
+fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
+    let port = args.port.as_deref().ok_or_else(|| {
+        anyhow!(stm32boot::Error::InvalidRequest(
+            "no port given: pass --port /dev/ttyUSB0 (or --port sim:stm32f411 for the simulated \
+             target), or set STM32BOOT_PORT; `stm32boot ports` lists serial ports"
+                .into()
+        ))
+    })?;
+    let spec = PortSpec::parse(port)?;
+    let table = table(args.device_file.as_deref())?;
+    let line = LineSettings {
+        baud: args.baud,
+        parity: match args.parity {
+            ParityArg::Even => Parity::Even,
+            ParityArg::None => Parity::None,
+            ParityArg::Odd => Parity::Odd,
+        },
+    };
+    let mut link = spec.open(line, &table)?;
+    if let Some(level) = args.dtr {
+        if let Err(e) = link.set_dtr(level == Level::High) {
+            bars.note(Note::Warning(format!("DTR left as it was: {e}")));
+        }
+    }
+    if let Some(level) = args.rts {
+        if let Err(e) = link.set_rts(level == Level::High) {
+            bars.note(Note::Warning(format!("RTS left as it was: {e}")));
+        }
+    }
+    let session = Session::new(link, Timeouts::scaled(args.timeout_scale));
+    let options = ConnectOptions { flash_size: args.flash_size };
+    Ok(connect(session, &table, &options, bars)?)
+}
+
+fn load_image(args: &ImageArgs) -> Result<Image> {
+    Ok(Image::load(&args.file, None, args.address)?)
+}
+
+fn page_map_summary(device: &Device) -> String {
+    let mut runs: Vec<(usize, u32)> = Vec::new();
+    for p in &device.pages {
+        match runs.last_mut() {
+            Some((n, size)) if *size == p.size => *n += 1,
+            _ => runs.push((1, p.size)),
+        }
+    }
+    let runs: Vec<String> = runs
+        .iter()
+        .map(|(n, s)| format!("{n} x {}", human_size(u64::from(*s))))
+        .collect();
+    format!("{} ({} erase units, {} bank{})", runs.join(", "), device.pages.len(), device.banks, if device.banks > 1 { "s" } else { "" })
+}
+
+fn finish(conn: Connection) -> Result<()> {
+    conn.close()?;
+    Ok(())
+}
+
+fn info(args: &ConnectArgs, bars: &mut Bars) -> Result<Outcome> {
+    let mut conn = open(args, bars)?;
+    let uid = conn.unique_id()?;
+    let d = conn.device.clone();
+    let b = conn.bootloader.clone();
+    let rdp = if conn.read_protected { "active (level 1 or 2): flash cannot be read" } else { "inactive (level 0)" };
+    let uid_hex = uid.map(|u| u.iter().map(|x| format!("{x:02X}")).collect::<String>());
+    finish(conn)?;
+    let text = format!(
+        "device:      {} (PID 0x{:03X}, family {})\n\
+         bootloader:  protocol {}\n\
+         commands:    {}\n\
+         flash:       {} at 0x{:08X}: {}\n\
+         RAM:         0x{:08X}-0x{:08X} (bootloader uses below 0x{:08X})\n\
+         protection:  readout {}\n\
+         unique ID:   {}",
+        d.name,
+        d.pid,
+        d.family,
+        b.version,
+        b.command_names(),
+        human_size(d.flash.len()),
+        d.flash.start,
+        page_map_summary(&d),
+        d.ram.start,
+        d.ram.end,
+        d.bootloader_ram_end,
+        rdp,
+        uid_hex.clone().unwrap_or_else(|| "not available".into()),
+    );
+    let json = json!({
+        "pid": format!("0x{:03X}", d.pid),
+        "name": d.name,
+        "family": d.family,
+        "bootloader": { "version": b.version.to_string(), "commands": b.commands.iter().map(|c| format!("0x{c:02X}")).collect::<Vec<_>>(), "extra_ack": b.extra_ack },
+        "flash": { "start": format!("0x{:08X}", d.flash.start), "size": d.flash.len(), "banks": d.banks, "pages": d.pages.len(), "map": page_map_summary(&d) },
+        "read_protected": rdp.starts_with("active"),
+        "unique_id": uid_hex,
+    });
+    Ok(Outcome { text, json })
+}
+
+fn read(args: &ConnectArgs, address: u32, length: u32, output: &Path, bars: &mut Bars) -> Result<Outcome> {
+    let hex = output.extension().is_some_and(|e| e.eq_ignore_ascii_case("hex"));
+    let mut conn = open(args, bars)?;
+    let data = flash::read_memory(&mut conn, address, length, bars)?;
+    finish(conn)?;
+    let bytes = if hex {
+        Image::from_bin(&data, address)?.to_ihex()?.into_bytes()
+    } else {
+        data
+    };
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    Ok(Outcome {
+        text: format!("read {length} bytes from 0x{address:08X} into {}", output.display()),
+        json: json!({ "address": address, "length": length, "file": output, "format": if hex { "ihex" } else { "bin" } }),
+    })
+}
+
+fn plan_json(device: &Device, plan: &stm32boot::ops::FlashPlan) -> Value {
+    let erase: Vec<Value> = plan
+        .erase
+        .iter()
+        .map(|s| match s {
+            EraseStep::Mass => json!({ "mass": true }),
+            EraseStep::Pages(p) => json!({ "pages": p.iter().map(|p| p.index).collect::<Vec<_>>() }),
+        })
+        .collect();
+    json!({
+        "erase": erase,
+        "pages_to_erase": plan.pages_to_erase(device),
+        "partial_pages": plan.partial_pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+        "blocks": plan.blocks.len(),
+        "bytes": plan.bytes_to_write(),
+        "skipped_blocks": plan.skipped_blocks,
+    })
+}
+
+fn pages_text(pages: &[Page]) -> String {
+    pages
+        .iter()
+        .map(|p| format!("  page {:>4} at 0x{:08X} ({})", p.index, p.address, human_size(u64::from(p.size))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write(
+    args: &ConnectArgs,
+    image_args: &ImageArgs,
+    verify: bool,
+    go: bool,
+    no_erase: bool,
+    no_skip: bool,
+    dry_run: bool,
+    bars: &mut Bars,
+) -> Result<Outcome> {
+    let image = load_image(image_args)?;
+    let mut conn = open(args, bars)?;
+    let mut plan_opts = PlanOptions::for_device(&conn.device);
+    plan_opts.erase = !no_erase;
+    plan_opts.skip_erased_blocks = !no_skip;
+    let plan = flash::plan_write(&conn, &image, &plan_opts)?;
+    let file = image_args.file.display().to_string();
+    if dry_run {
+        let device = conn.device.clone();
+        finish(conn)?;
+        let erased: Vec<Page> = plan
+            .erase
+            .iter()
+            .flat_map(|s| match s {
+                EraseStep::Mass => device.pages.clone(),
+                EraseStep::Pages(p) => p.clone(),
+            })
+            .collect();
+        let mut text = format!(
+            "plan for {file} on {}: {} erase command(s), {} page(s):\n{}\nthen {} Write Memory commands ({} bytes), {} all-erased block(s) skipped",
+            device.name,
+            plan.erase.len(),
+            erased.len(),
+            pages_text(&erased),
+            plan.blocks.len(),
+            plan.bytes_to_write(),
+            plan.skipped_blocks
+        );
+        for p in &plan.partial_pages {
+            text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased", p.index));
+        }
+        text.push_str("\n(dry run: nothing was changed)");
+        return Ok(Outcome { text, json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan) }) });
+    }
+    let report = flash::write_image(&mut conn, &image, &WriteOptions { verify, plan: plan_opts }, bars)?;
+    let mut go_addr = None;
+    if go {
+        let addr = image.start().unwrap_or(conn.device.flash.start);
+        conn.session.go(addr)?;
+        go_addr = Some(addr);
+    }
+    finish(conn)?;
+    let verified = match report.verified {
+        Some(flash::VerifyMethod::Crc) => ", verified by CRC (Get Checksum)",
+        Some(flash::VerifyMethod::ReadBack) => ", verified by reading back",
+        None => "",
+    };
+    let mut text = format!(
+        "wrote {} bytes of {file} in {} blocks ({} page(s) erased, {} all-erased block(s) skipped){verified}",
+        image.total_len(),
+        report.blocks_written,
+        report.pages_erased,
+        report.blocks_skipped,
+    );
+    if let Some(a) = go_addr {
+        text.push_str(&format!("\nstarted the application at 0x{a:08X}"));
+    }
+    Ok(Outcome {
+        text,
+        json: json!({ "file": file, "bytes": image.total_len(), "report": report, "go": go_addr }),
+    })
+}
+
+fn parse_page_range(s: &str) -> Result<(u16, u16)> {
+    let parse = |t: &str| -> Result<u16> {
+        let v = super::args::parse_u32(t).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+        u16::try_from(v).map_err(|_| anyhow!(stm32boot::Error::InvalidRequest(format!("page {v} is out of range"))))
+    };
+    let (a, b) = match s.split_once("..") {
+        Some((a, b)) => (parse(a)?, parse(b.trim_start_matches('='))?),
+        None => {
+            let p = parse(s)?;
+            (p, p)
+        }
+    };
+    if a > b {
+        bail!(stm32boot::Error::InvalidRequest(format!("page range {s} runs backwards")));
+    }
+    Ok((a, b))
+}
+
+fn erase(args: &ConnectArgs, what: &EraseWhat, expand: bool, dry_run: bool, bars: &mut Bars) -> Result<Outcome> {
+    // Parse what can be parsed before the port opens.
+    let pages_arg = what.pages.as_deref().map(parse_page_range).transpose()?;
+    let range_arg = what
+        .range
+        .as_deref()
+        .map(|r| -> Result<(u32, u32)> {
+            let (a, l) = r.split_once(':').ok_or_else(|| {
+                anyhow!(stm32boot::Error::InvalidRequest(format!("--range {r}: use ADDR:LEN, e.g. 0x08004000:16K")))
+            })?;
+            let a = super::args::parse_u32(a).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+            let l = super::args::parse_size(l).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+            if l == 0 {
+                bail!(stm32boot::Error::InvalidRequest("--range: the length is 0".into()));
+            }
+            Ok((a, l))
+        })
+        .transpose()?;
+    let mut conn = open(args, bars)?;
+    let device = conn.device.clone();
+    let mut opts = PlanOptions::for_device(&device);
+    if !conn.bootloader.supports(stm32boot::protocol::Command::ExtendedErase) {
+        opts.max_pages_per_erase = opts.max_pages_per_erase.min(255);
+    }
+    let invalid = |m: String| anyhow!(stm32boot::Error::InvalidRequest(m));
+    let (pages, steps): (Vec<Page>, Vec<EraseStep>) = if what.all {
+        (device.pages.clone(), erase_steps(&device, &device.pages, &opts))
+    } else if let Some(bank) = what.bank {
+        if bank > device.banks {
+            return Err(invalid(format!("the {} has {} bank(s); there is no bank {bank}", device.name, device.banks)));
+        }
+        let p: Vec<Page> = device.pages.iter().filter(|p| p.bank == bank).copied().collect();
+        (p, Vec::new())
+    } else if let Some((a, b)) = pages_arg {
+        let mut p = Vec::new();
+        for i in a..=b {
+            let page = device.page_by_index(i).ok_or_else(|| {
+                invalid(format!(
+                    "the {} has no page {i}: its pages are numbered {}..{}",
+                    device.name,
+                    device.pages.first().map(|p| p.index).unwrap_or(0),
+                    device.pages.last().map(|p| p.index).unwrap_or(0)
+                ))
+            })?;
+            p.push(*page);
+        }
+        let s = erase_steps(&device, &p, &opts);
+        (p, s)
+    } else if let Some((addr, len)) = range_arg {
+        let end = u64::from(addr) + u64::from(len);
+        if !device.in_flash(addr, u64::from(len)) {
+            return Err(invalid(format!(
+                "--range 0x{addr:08X}:{len} is not inside the flash (0x{:08X}-0x{:08X})",
+                device.flash.start, device.flash.end
+            )));
+        }
+        let p = device.pages_overlapping(addr, end).to_vec();
+        let (first, last) = match (p.first(), p.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Err(invalid("--range covers no page".into())),
+        };
+        if first.address != addr || last.end() != end {
+            let grown = format!(
+                "0x{:08X}:0x{:X} (pages {}..{})",
+                first.address,
+                last.end() - u64::from(first.address),
+                first.index,
+                last.index
+            );
+            if !expand {
+                return Err(invalid(format!(
+                    "--range 0x{addr:08X}:0x{len:X} is not on page bounds; erasing whole pages would cover {grown}: pass --expand to do that"
+                )));
+            }
+            bars.note(Note::Warning(format!("--range grown to whole pages: {grown}")));
+        }
+        let s = erase_steps(&device, &p, &opts);
+        (p, s)
+    } else {
+        return Err(invalid("say what to erase: --all, --bank N, --pages A..B or --range ADDR:LEN".into()));
+    };
+    if dry_run {
+        finish(conn)?;
+        return Ok(Outcome {
+            text: format!("would erase {} page(s) of the {}:\n{}\n(dry run: nothing was changed)", pages.len(), device.name, pages_text(&pages)),
+            json: json!({ "dry_run": true, "pages": pages.iter().map(|p| p.index).collect::<Vec<_>>() }),
+        });
+    }
+    let erased = match what.bank {
+        Some(bank) => flash::erase_bank(&mut conn, bank, bars)?,
+        None => flash::run_erase(&mut conn, &steps, bars)?,
+    };
+    finish(conn)?;
+    Ok(Outcome {
+        text: format!("erased {erased} page(s) of the {}", device.name),
+        json: json!({ "pages_erased": erased, "pages": pages.iter().map(|p| p.index).collect::<Vec<_>>() }),
+    })
+}
+
+fn verify(args: &ConnectArgs, image_args: &ImageArgs, bars: &mut Bars) -> Result<Outcome> {
+    let image = load_image(image_args)?;
+    let mut conn = open(args, bars)?;
+    let method = flash::verify_image(&mut conn, &image, bars)?;
+    finish(conn)?;
+    Ok(Outcome {
+        text: format!(
+            "{} matches the chip ({} bytes, by {})",
+            image_args.file.display(),
+            image.total_len(),
+            if method == flash::VerifyMethod::Crc { "CRC" } else { "reading back" }
+        ),
+        json: json!({ "file": image_args.file, "bytes": image.total_len(), "method": method }),
+    })
+}
+
+fn checksum(args: &ConnectArgs, address: u32, length: u32, bars: &mut Bars) -> Result<Outcome> {
+    let mut conn = open(args, bars)?;
+    let (crc, method) = flash::checksum(&mut conn, address, length, bars)?;
+    finish(conn)?;
+    Ok(Outcome {
+        text: format!(
+            "0x{crc:08X}  STM32 CRC-32 of {length} bytes at 0x{address:08X} ({})",
+            if method == flash::VerifyMethod::Crc { "Get Checksum" } else { "read back, computed here" }
+        ),
+        json: json!({ "address": address, "length": length, "crc": format!("0x{crc:08X}"), "method": method }),
+    })
+}
+
+fn go(args: &ConnectArgs, address: Option<u32>, bars: &mut Bars) -> Result<Outcome> {
+    let mut conn = open(args, bars)?;
+    let addr = address.unwrap_or(conn.device.flash.start);
+    conn.session.go(addr)?;
+    finish(conn)?;
+    Ok(Outcome {
+        text: format!("started the application at 0x{addr:08X}"),
+        json: json!({ "address": addr }),
+    })
+}
+
+fn parse_codes(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (a, b) = parse_page_range(part.trim())?;
+        for c in a..=b {
+            out.push(u8::try_from(c).map_err(|_| anyhow!(stm32boot::Error::InvalidRequest(format!("sector {c} is out of range (0-255)"))))?);
+        }
+    }
+    if out.is_empty() {
+        bail!(stm32boot::Error::InvalidRequest("name the sectors to protect, e.g. 0,1 or 0..3".into()));
+    }
+    Ok(out)
+}
+
+fn protect(args: &ConnectArgs, what: &ProtectCmd, bars: &mut Bars) -> Result<Outcome> {
+    let invalid = |m: &str| anyhow!(stm32boot::Error::InvalidRequest(m.to_string()));
+    let codes = match what {
+        ProtectCmd::Readout { state: OnOff::Off, confirm_mass_erase: false } => {
+            return Err(invalid(
+                "turning readout protection off MASS-ERASES the whole flash: pass --confirm-mass-erase to go ahead",
+            ))
+        }
+        ProtectCmd::Write { state: OnOff::On, sectors } => {
+            Some(parse_codes(sectors.as_deref().ok_or_else(|| invalid("protect write on needs the sectors, e.g. 0,1"))?)?)
+        }
+        ProtectCmd::Write { state: OnOff::Off, sectors: Some(_) } => {
+            return Err(invalid("protect write off clears all write protection and takes no sectors"))
+        }
+        _ => None,
+    };
+    let mut conn = open(args, bars)?;
+    let text = match what {
+        ProtectCmd::Readout { state: OnOff::On, .. } => {
+            conn.session.readout_protect()?;
+            bars.note(Note::Warning(
+                "read protection is now active: the flash cannot be read or written over the bootloader until `stm32boot protect readout off --confirm-mass-erase`, which erases it".into(),
+            ));
+            "readout protection set to level 1; the chip was reset and re-synced".to_string()
+        }
+        ProtectCmd::Readout { state: OnOff::Off, .. } => {
+            conn.session.readout_unprotect()?;
+            "readout protection removed (level 0): the flash was mass-erased; the chip was reset and re-synced".to_string()
+        }
+        ProtectCmd::Write { state: OnOff::On, .. } => {
+            let codes = codes.unwrap_or_default();
+            conn.session.write_protect(&codes)?;
+            format!("write protection set for {codes:?}; the chip was reset and re-synced")
+        }
+        ProtectCmd::Write { state: OnOff::Off, .. } => {
+            conn.session.write_unprotect()?;
+            "write protection removed; the chip was reset and re-synced".to_string()
+        }
+    };
+    finish(conn)?;
+    Ok(Outcome { json: json!({ "result": text }), text })
+}
+
+fn ports() -> Result<Outcome> {
+    let ports = serial::list_ports()?;
+    let mut text = String::new();
+    for p in &ports {
+        let usb = match (p.vid, p.pid) {
+            (Some(v), Some(d)) => format!(
+                "  USB {v:04X}:{d:04X}{}{}",
+                p.serial.as_deref().map(|s| format!(" serial {s}")).unwrap_or_default(),
+                p.product.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        text.push_str(&format!("{}{usb}\n", p.path));
+    }
+    if ports.is_empty() {
+        text.push_str("no serial ports found (the simulated target is always there: --port sim:stm32f411)");
+    }
+    Ok(Outcome { text: text.trim_end().to_string(), json: json!({ "ports": ports }) })
+}
+
+fn devices(filter: Option<&str>) -> Result<Outcome> {
+    let table = DeviceTable::builtin()?;
+    let f = filter.map(str::to_ascii_lowercase);
+    let pid_filter = filter.and_then(|s| super::args::parse_u32(s).ok()).filter(|_| filter.is_some_and(|s| s.starts_with("0x")));
+    let list: Vec<&Device> = table
+        .devices()
+        .iter()
+        .filter(|d| match (&f, pid_filter) {
+            (_, Some(pid)) => u32::from(d.pid) == pid,
+            (Some(f), None) => {
+                d.name.to_ascii_lowercase().contains(f.as_str())
+                    || d.family.to_ascii_lowercase() == *f
+                    || d.parts.iter().any(|p| p.contains(f.as_str()))
+            }
+            (None, None) => true,
+        })
+        .collect();
+    let mut text = format!("{:<5} {:<22} {:<6} {:>8}  {}\n", "PID", "name", "family", "flash", "erase units");
+    for d in &list {
+        text.push_str(&format!(
+            "0x{:03X} {:<22} {:<6} {:>8}  {}\n",
+            d.pid,
+            d.name,
+            d.family,
+            human_size(d.flash.len()),
+            page_map_summary(d)
+        ));
+    }
+    text.push_str(&format!("{} part(s)", list.len()));
+    let json = json!({ "devices": list.iter().map(|d| json!({
+        "pid": format!("0x{:03X}", d.pid), "name": d.name, "family": d.family, "parts": d.parts,
+        "flash_size": d.flash.len(), "pages": d.pages.len(), "banks": d.banks,
+        "bootloader_version": format!("{}", stm32boot::protocol::ProtocolVersion(d.bootloader.version)),
+    })).collect::<Vec<_>>() });
+    Ok(Outcome { text, json })
+}
+
+fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
+    let table = table(args.device_file.as_deref())?;
+    let spec = SimSpec {
+        part: args.part.clone(),
+        state: args.state.clone(),
+        version: args.bootloader_version,
+        flash_size: args.flash_size,
+        uid_seed: None,
+    };
+    let mut target = spec.build(&table)?;
+    let mut endpoint = PtyEndpoint::open(args.link.as_deref())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the signal handler")?;
+    }
+    // The path goes to stdout at once so that scripts can read it; the rest to stderr.
+    println!("{}", args.link.as_deref().unwrap_or(endpoint.path()).display());
+    bars.note(Note::Info(format!(
+        "simulating a {} on {} (8N1 on a pseudo-terminal); stop with Ctrl-C",
+        target.chip().device().name,
+        endpoint.path().display()
+    )));
+    use std::io::Write as _;
+    std::io::stdout().flush().ok();
+    endpoint.serve(&mut target, &stop)?;
+    if let Some(state) = &args.state {
+        stm32boot::sim::state::save(target.chip(), state)?;
+    }
+    Ok(Outcome { text: String::new(), json: json!({ "stopped": true }) })
+}
