@@ -674,3 +674,740 @@ fn timeout_hint(cmd: Command, phase: Phase) -> Option<String> {
     };
     Some(h.to_string())
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::LineSettings;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    /// One exchange: the bytes the host must write, then the bytes the device answers.
+    type Step = (Vec<u8>, Vec<u8>);
+
+    fn step(host: &[u8], device: &[u8]) -> Step {
+        (host.to_vec(), device.to_vec())
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        format!("[{}]", parts.join(" "))
+    }
+
+    #[derive(Default)]
+    struct Script {
+        steps: VecDeque<Step>,
+        /// Bytes written so far towards the current step (writes may be split).
+        written: Vec<u8>,
+        /// Device bytes not yet read by the host.
+        rx: VecDeque<u8>,
+        done: usize,
+    }
+
+    fn lock(script: &Mutex<Script>) -> MutexGuard<'_, Script> {
+        script.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A link that plays a fixed script and fails the test on any other byte.
+    struct ScriptedLink(Arc<Mutex<Script>>);
+
+    impl Link for ScriptedLink {
+        fn write_all(&mut self, data: &[u8]) -> std::result::Result<(), LinkError> {
+            let mut s = lock(&self.0);
+            s.written.extend_from_slice(data);
+            let written = s.written.clone();
+            let done = s.done;
+            let Some((expected, _)) = s.steps.front() else {
+                drop(s);
+                panic!(
+                    "host wrote {} after the script ended ({done} steps)",
+                    hex(&written)
+                );
+            };
+            if !expected.starts_with(&written) {
+                let expected = expected.clone();
+                drop(s);
+                panic!(
+                    "step {done}: host wrote {}, expected {}",
+                    hex(&written),
+                    hex(&expected)
+                );
+            }
+            if written.len() == expected.len() {
+                let (_, reply) = s.steps.pop_front().unwrap_or_default();
+                s.rx.extend(reply);
+                s.written.clear();
+                s.done += 1;
+            }
+            Ok(())
+        }
+
+        fn read(
+            &mut self,
+            buf: &mut [u8],
+            timeout: Duration,
+        ) -> std::result::Result<usize, LinkError> {
+            let mut s = lock(&self.0);
+            if s.rx.is_empty() {
+                return Err(LinkError::Timeout(timeout));
+            }
+            let n = buf.len().min(s.rx.len());
+            for (slot, b) in buf.iter_mut().zip(s.rx.drain(..n)) {
+                *slot = b;
+            }
+            Ok(n)
+        }
+
+        fn discard_input(&mut self) -> std::result::Result<(), LinkError> {
+            lock(&self.0).rx.clear();
+            Ok(())
+        }
+
+        fn set_dtr(&mut self, _level: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+
+        fn set_rts(&mut self, _level: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+
+        fn set_break(&mut self, _on: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+
+        fn set_line(&mut self, _settings: LineSettings) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+
+        fn line(&self) -> LineSettings {
+            LineSettings::default()
+        }
+
+        fn delay(&mut self, _duration: Duration) {}
+
+        fn describe(&self) -> String {
+            "scripted link".into()
+        }
+    }
+
+    /// Lets the test check, after the session is done, that the whole script was played.
+    struct Handle(Arc<Mutex<Script>>);
+
+    impl Handle {
+        fn assert_done(&self) {
+            let s = lock(&self.0);
+            assert!(
+                s.steps.is_empty() && s.written.is_empty(),
+                "script not consumed after {} steps: next expected write {}, partial write {}",
+                s.done,
+                hex(s.steps.front().map(|x| x.0.as_slice()).unwrap_or_default()),
+                hex(&s.written)
+            );
+            assert!(
+                s.rx.is_empty(),
+                "device bytes left unread: {}",
+                hex(&s.rx.iter().copied().collect::<Vec<_>>())
+            );
+        }
+    }
+
+    fn session(steps: Vec<Step>) -> (Session, Handle) {
+        let script = Arc::new(Mutex::new(Script {
+            steps: steps.into(),
+            ..Script::default()
+        }));
+        let link = ScriptedLink(Arc::clone(&script));
+        (
+            Session::new(Box::new(link), Timeouts::default()),
+            Handle(script),
+        )
+    }
+
+    const V31: [u8; 11] = [
+        0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82, 0x92,
+    ];
+    const V22: [u8; 11] = [
+        0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x43, 0x63, 0x73, 0x82, 0x92,
+    ];
+
+    /// 7F → ACK, then Get Version, Get and Get ID for a part with this version and list.
+    fn connect_steps(version: u8, codes: &[u8]) -> Vec<Step> {
+        let mut get = vec![0x79, codes.len() as u8, version];
+        get.extend_from_slice(codes);
+        get.push(0x79);
+        vec![
+            step(&[0x7F], &[0x79]),
+            step(&[0x01, 0xFE], &[0x79, version, 0x00, 0x00, 0x79]),
+            (vec![0x00, 0xFF], get),
+            step(&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x13, 0x79]),
+        ]
+    }
+
+    /// A session that has connected to a part with this version and list; `rest` follows.
+    fn connected(version: u8, codes: &[u8], rest: Vec<Step>) -> (Session, Handle) {
+        let mut steps = connect_steps(version, codes);
+        steps.extend(rest);
+        let (mut s, h) = session(steps);
+        s.connect().unwrap();
+        (s, h)
+    }
+
+    fn assert_nack(e: Error, cmd: Command, at: Phase) {
+        match e {
+            Error::Nack { command, phase, .. } if command == cmd && phase == at => {}
+            other => panic!("expected a NACK of {cmd} at {at}, got {other:?}"),
+        }
+    }
+
+    fn assert_invalid(e: Error) {
+        assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+    }
+
+    #[test]
+    fn sync_ack_is_synced() {
+        let (mut s, h) = session(vec![step(&[0x7F], &[0x79])]);
+        assert_eq!(s.sync().unwrap(), SyncOutcome::Synced);
+        assert_eq!(s.stray_bytes(), 0);
+        h.assert_done();
+    }
+
+    #[test]
+    fn sync_nack_is_already_synced() {
+        let (mut s, h) = session(vec![step(&[0x7F], &[0x1F])]);
+        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
+        h.assert_done();
+    }
+
+    #[test]
+    fn sync_skips_stray_bytes() {
+        let (mut s, h) = session(vec![step(&[0x7F], &[0x00, 0x00, 0x79])]);
+        assert_eq!(s.sync().unwrap(), SyncOutcome::Synced);
+        assert_eq!(s.stray_bytes(), 2);
+        h.assert_done();
+    }
+
+    #[test]
+    fn sync_retries_after_silence_and_accepts_nack() {
+        // stm32flash's case: the first 7F completes a half-received command, the second is NACKed.
+        let (mut s, h) = session(vec![step(&[0x7F], &[]), step(&[0x7F], &[0x1F])]);
+        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
+        h.assert_done();
+    }
+
+    #[test]
+    fn sync_silence_is_no_sync() {
+        let (mut s, h) = session(vec![
+            step(&[0x7F], &[]),
+            step(&[0x7F], &[]),
+            step(&[0x7F], &[]),
+        ]);
+        let e = s.sync().unwrap_err();
+        match &e {
+            Error::NoSync {
+                attempts,
+                stray_bytes,
+                ..
+            } => assert_eq!((*attempts, *stray_bytes), (3, 0)),
+            other => panic!("expected NoSync, got {other:?}"),
+        }
+        assert!(e.to_string().contains("BOOT0"), "{e}");
+        h.assert_done();
+    }
+
+    #[test]
+    fn connect_v31_part() {
+        let (mut s, h) = session(vec![
+            step(&[0x7F], &[0x79]),
+            step(&[0x01, 0xFE], &[0x79, 0x31, 0x00, 0x00, 0x79]),
+            step(
+                &[0x00, 0xFF],
+                &[
+                    0x79, 0x0B, 0x31, 0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82,
+                    0x92, 0x79,
+                ],
+            ),
+            step(&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x13, 0x79]),
+        ]);
+        let info = s.connect().unwrap().clone();
+        assert_eq!(info.pid, 0x413);
+        assert_eq!(info.version.to_string(), "3.1");
+        assert_eq!(info.commands, V31.to_vec());
+        assert_eq!(info.version_option_bytes, [0x00, 0x00]);
+        assert!(!info.extra_ack);
+        assert!(info.supports(Command::ExtendedErase));
+        assert!(!info.supports(Command::Erase));
+        assert!(!info.supports(Command::GetChecksum));
+        assert_eq!(s.info(), Some(&info));
+        h.assert_done();
+    }
+
+    #[test]
+    fn connect_absorbs_l412_extra_ack() {
+        let mut steps = connect_steps(0x31, &V31);
+        steps[1] = step(&[0x01, 0xFE], &[0x79, 0x79, 0x31, 0x00, 0x00, 0x79]);
+        let (mut s, h) = session(steps);
+        let info = s.connect().unwrap().clone();
+        assert!(info.extra_ack);
+        assert_eq!(info.version, ProtocolVersion(0x31));
+        assert_eq!(info.pid, 0x413);
+        h.assert_done();
+    }
+
+    #[test]
+    fn get_version_returns_version_and_option_bytes() {
+        let (mut s, h) = session(vec![step(&[0x01, 0xFE], &[0x79, 0x22, 0x00, 0x00, 0x79])]);
+        assert_eq!(
+            s.get_version().unwrap(),
+            (ProtocolVersion(0x22), [0x00, 0x00])
+        );
+        h.assert_done();
+    }
+
+    #[test]
+    fn read_memory_256_bytes() {
+        let data: Vec<u8> = (0..=255u8).collect();
+        let mut reply = vec![0x79];
+        reply.extend_from_slice(&data);
+        let (mut s, h) = session(vec![
+            step(&[0x11, 0xEE], &[0x79]),
+            step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+            (vec![0xFF, 0x00], reply),
+        ]);
+        let mut buf = [0u8; 256];
+        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        assert_eq!(buf.to_vec(), data);
+        h.assert_done();
+    }
+
+    #[test]
+    fn read_memory_of_0_or_257_bytes_sends_nothing() {
+        let (mut s, h) = session(vec![]);
+        assert_invalid(s.read_memory(0x0800_0000, &mut []).unwrap_err());
+        assert_invalid(s.read_memory(0x0800_0000, &mut [0u8; 257]).unwrap_err());
+        assert_invalid(s.write_memory(0x0800_0000, &[]).unwrap_err());
+        assert_invalid(s.write_memory(0x0800_0000, &[0u8; 257]).unwrap_err());
+        assert_invalid(s.special(0x0082, &[0u8; 129]).unwrap_err());
+        assert_invalid(s.get_checksum(0x0800_0000, 0, 0x04C1_1DB7, !0).unwrap_err());
+        h.assert_done();
+    }
+
+    #[test]
+    fn write_memory_frames() {
+        let (mut s, h) = session(vec![
+            step(&[0x31, 0xCE], &[0x79]),
+            step(&[0x08, 0x00, 0x01, 0x00, 0x09], &[0x79]),
+            step(&[0x03, 0xDE, 0xAD, 0xBE, 0xEF, 0x20], &[0x79]),
+        ]);
+        s.write_memory(0x0800_0100, &[0xDE, 0xAD, 0xBE, 0xEF])
+            .unwrap();
+        h.assert_done();
+    }
+
+    #[test]
+    fn write_memory_nack_at_data_phase() {
+        let (mut s, h) = session(vec![
+            step(&[0x31, 0xCE], &[0x79]),
+            step(&[0x08, 0x00, 0x01, 0x00, 0x09], &[0x79]),
+            step(&[0x03, 0xDE, 0xAD, 0xBE, 0xEF, 0x21], &[0x1F]),
+        ]);
+        let e = s
+            .write_memory(0x0800_0100, &[0xDE, 0xAD, 0xBE, 0xEF])
+            .unwrap_err();
+        assert_nack(e, Command::WriteMemory, Phase::Data);
+        h.assert_done();
+    }
+
+    #[test]
+    fn go_frames() {
+        let (mut s, h) = session(vec![
+            step(&[0x21, 0xDE], &[0x79]),
+            step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+        ]);
+        s.go(0x0800_0000).unwrap();
+        assert!(s.info().is_none());
+        h.assert_done();
+    }
+
+    #[test]
+    fn extended_erase_pages() {
+        let (mut s, h) = connected(
+            0x31,
+            &V31,
+            vec![
+                step(&[0x44, 0xBB], &[0x79]),
+                step(
+                    &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x02, 0x01],
+                    &[0x79],
+                ),
+            ],
+        );
+        s.erase(&EraseRequest::Pages(vec![0, 1, 2]), Duration::from_secs(5))
+            .unwrap();
+        h.assert_done();
+    }
+
+    #[test]
+    fn extended_erase_mass_and_banks() {
+        let (mut s, h) = connected(
+            0x31,
+            &V31,
+            vec![
+                step(&[0x44, 0xBB], &[0x79]),
+                step(&[0xFF, 0xFF, 0x00], &[0x79]),
+                step(&[0x44, 0xBB], &[0x79]),
+                step(&[0xFF, 0xFE, 0x01], &[0x79]),
+                step(&[0x44, 0xBB], &[0x79]),
+                step(&[0xFF, 0xFD, 0x02], &[0x79]),
+            ],
+        );
+        let t = Duration::from_secs(35);
+        s.erase(&EraseRequest::Mass, t).unwrap();
+        s.erase(&EraseRequest::Bank1, t).unwrap();
+        s.erase(&EraseRequest::Bank2, t).unwrap();
+        h.assert_done();
+    }
+
+    #[test]
+    fn extended_erase_nack_at_pages() {
+        let (mut s, h) = connected(
+            0x31,
+            &V31,
+            vec![
+                step(&[0x44, 0xBB], &[0x79]),
+                step(&[0x00, 0x00, 0x01, 0x00, 0x01], &[0x1F]),
+            ],
+        );
+        let e = s
+            .erase(&EraseRequest::Pages(vec![256]), Duration::from_secs(5))
+            .unwrap_err();
+        assert_nack(e, Command::ExtendedErase, Phase::Pages);
+        h.assert_done();
+    }
+
+    #[test]
+    fn legacy_erase_when_only_43_is_listed() {
+        let (mut s, h) = connected(
+            0x22,
+            &V22,
+            vec![
+                step(&[0x43, 0xBC], &[0x79]),
+                step(&[0x02, 0x00, 0x01, 0x02, 0x01], &[0x79]),
+                step(&[0x43, 0xBC], &[0x79]),
+                step(&[0xFF, 0x00], &[0x79]),
+            ],
+        );
+        let t = Duration::from_secs(5);
+        s.erase(&EraseRequest::Pages(vec![0, 1, 2]), t).unwrap();
+        s.erase(&EraseRequest::Mass, t).unwrap();
+        // Neither a bank erase nor a page past 255 exists in 0x43: nothing is sent.
+        assert_invalid(s.erase(&EraseRequest::Bank2, t).unwrap_err());
+        assert_invalid(s.erase(&EraseRequest::Pages(vec![300]), t).unwrap_err());
+        h.assert_done();
+    }
+
+    #[test]
+    fn erase_before_connect_sends_nothing() {
+        let (mut s, h) = session(vec![]);
+        let e = s
+            .erase(&EraseRequest::Mass, Duration::from_secs(1))
+            .unwrap_err();
+        assert_invalid(e);
+        h.assert_done();
+    }
+
+    #[test]
+    fn erase_without_43_or_44_is_unsupported() {
+        let (mut s, h) = connected(0x31, &[0x00, 0x01, 0x02, 0x11], vec![]);
+        let e = s
+            .erase(&EraseRequest::Mass, Duration::from_secs(1))
+            .unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e:?}");
+        h.assert_done();
+    }
+
+    fn v33() -> Vec<u8> {
+        let mut codes = V31.to_vec();
+        codes.push(0xA1);
+        codes
+    }
+
+    #[test]
+    fn get_checksum_reference_example() {
+        // 256 erased words: CRC D000A3E2 (an3155.md §7), two ACKs back to back.
+        let (mut s, h) = connected(
+            0x33,
+            &v33(),
+            vec![
+                step(&[0xA1, 0x5E], &[0x79]),
+                step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                step(&[0x00, 0x00, 0x01, 0x00, 0x01], &[0x79]),
+                step(&[0x04, 0xC1, 0x1D, 0xB7, 0x6F], &[0x79]),
+                step(
+                    &[0xFF, 0xFF, 0xFF, 0xFF, 0x00],
+                    &[0x79, 0x79, 0xD0, 0x00, 0xA3, 0xE2, 0x91],
+                ),
+            ],
+        );
+        let crc = s
+            .get_checksum(0x0800_0000, 256, 0x04C1_1DB7, 0xFFFF_FFFF)
+            .unwrap();
+        assert_eq!(crc, 0xD000_A3E2);
+        h.assert_done();
+    }
+
+    #[test]
+    fn get_checksum_bad_result_checksum_is_malformed() {
+        let (mut s, h) = connected(
+            0x33,
+            &v33(),
+            vec![
+                step(&[0xA1, 0x5E], &[0x79]),
+                step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                step(&[0x00, 0x00, 0x00, 0x01, 0x01], &[0x79]),
+                step(&[0x04, 0xC1, 0x1D, 0xB7, 0x6F], &[0x79]),
+                step(
+                    &[0xFF, 0xFF, 0xFF, 0xFF, 0x00],
+                    &[0x79, 0x79, 0xDF, 0x8A, 0x8A, 0x2B, 0x00],
+                ),
+            ],
+        );
+        let e = s
+            .get_checksum(0x0800_0000, 1, 0x04C1_1DB7, 0xFFFF_FFFF)
+            .unwrap_err();
+        assert!(matches!(e, Error::MalformedReply { .. }), "{e:?}");
+        h.assert_done();
+    }
+
+    #[test]
+    fn write_protect_then_resync_and_identify() {
+        let mut rest = vec![
+            step(&[0x63, 0x9C], &[0x79]),
+            step(&[0x01, 0x00, 0x01, 0x00], &[0x79]),
+        ];
+        rest.extend(connect_steps(0x31, &V31));
+        let (mut s, h) = connected(0x31, &V31, rest);
+        s.write_protect(&[0, 1]).unwrap();
+        assert_eq!(s.info().map(|i| i.pid), Some(0x413));
+        h.assert_done();
+    }
+
+    #[test]
+    fn write_unprotect_and_readout_protect_resync() {
+        let mut rest = vec![step(&[0x73, 0x8C], &[0x79, 0x79])];
+        rest.extend(connect_steps(0x31, &V31));
+        rest.push(step(&[0x82, 0x7D], &[0x79, 0x79]));
+        rest.extend(connect_steps(0x31, &V31));
+        let (mut s, h) = connected(0x31, &V31, rest);
+        s.write_unprotect().unwrap();
+        assert!(s.info().is_some());
+        s.readout_protect().unwrap();
+        assert!(s.info().is_some());
+        h.assert_done();
+    }
+
+    #[test]
+    fn readout_unprotect_waits_for_the_erase_and_resyncs() {
+        let mut rest = vec![
+            step(&[0x92, 0x6D], &[0x79, 0x79]),
+            // Still erasing: the first 0x7F goes unanswered.
+            step(&[0x7F], &[]),
+        ];
+        rest.extend(connect_steps(0x31, &V31));
+        let (mut s, h) = connected(0x31, &V31, rest);
+        s.readout_unprotect().unwrap();
+        assert_eq!(s.info().map(|i| i.pid), Some(0x413));
+        h.assert_done();
+    }
+
+    #[test]
+    fn readout_unprotect_nack_at_completion() {
+        let (mut s, h) = connected(0x31, &V31, vec![step(&[0x92, 0x6D], &[0x79, 0x1F])]);
+        assert_nack(
+            s.readout_unprotect().unwrap_err(),
+            Command::ReadoutUnprotect,
+            Phase::Completion,
+        );
+        h.assert_done();
+    }
+
+    #[test]
+    fn special_op_0082_with_4_bytes() {
+        let mut codes = V31.to_vec();
+        codes.push(0x50);
+        let (mut s, h) = connected(
+            0x31,
+            &codes,
+            vec![
+                step(&[0x50, 0xAF], &[0x79]),
+                step(&[0x00, 0x82, 0x82], &[0x79]),
+                step(
+                    &[0x00, 0x04, 0xDE, 0xAD, 0xBE, 0xEF, 0x26],
+                    &[0x79, 0x00, 0x02, 0xAA, 0xBB, 0x00, 0x01, 0x00, 0x79],
+                ),
+            ],
+        );
+        let reply = s.special(0x0082, &[0xDE, 0xAD, 0xBE, 0xEF]).unwrap();
+        assert_eq!(
+            reply,
+            SpecialReply {
+                data: vec![0xAA, 0xBB],
+                status: vec![0x00],
+            }
+        );
+        h.assert_done();
+    }
+
+    #[test]
+    fn special_unknown_op_is_nacked_at_opcode() {
+        let mut codes = V31.to_vec();
+        codes.push(0x50);
+        let (mut s, h) = connected(
+            0x31,
+            &codes,
+            vec![
+                step(&[0x50, 0xAF], &[0x79]),
+                step(&[0x12, 0x34, 0x26], &[0x1F]),
+            ],
+        );
+        assert_nack(
+            s.special(0x1234, &[]).unwrap_err(),
+            Command::Special,
+            Phase::Opcode,
+        );
+        h.assert_done();
+    }
+
+    #[test]
+    fn extended_special_two_packets() {
+        let mut codes = V31.to_vec();
+        codes.push(0x51);
+        let (mut s, h) = connected(
+            0x31,
+            &codes,
+            vec![
+                step(&[0x51, 0xAE], &[0x79]),
+                step(&[0x00, 0x01, 0x01], &[0x79]),
+                step(&[0x00, 0x01, 0x11, 0x10], &[0x79]),
+                step(
+                    &[0x00, 0x02, 0x22, 0x33, 0x13],
+                    &[0x79, 0x00, 0x01, 0x44, 0x79],
+                ),
+            ],
+        );
+        let reply = s.extended_special(0x0001, &[0x11], &[0x22, 0x33]).unwrap();
+        assert_eq!(reply, vec![0x44]);
+        h.assert_done();
+    }
+
+    #[test]
+    fn nack_at_address_phase() {
+        let (mut s, h) = session(vec![
+            step(&[0x11, 0xEE], &[0x79]),
+            step(&[0x20, 0x00, 0x00, 0x00, 0x20], &[0x1F]),
+        ]);
+        let e = s.read_memory(0x2000_0000, &mut [0u8; 4]).unwrap_err();
+        assert!(e.to_string().contains("address"), "{e}");
+        assert_nack(e, Command::ReadMemory, Phase::Address);
+        h.assert_done();
+    }
+
+    #[test]
+    fn unlisted_commands_are_unsupported_and_send_nothing() {
+        let (mut s, h) = connected(0x31, &V31, vec![]);
+        let errors = [
+            s.get_checksum(0x0800_0000, 1, 0x04C1_1DB7, !0).unwrap_err(),
+            s.special(0x0082, &[1, 2, 3, 4]).unwrap_err(),
+            s.extended_special(0x0001, &[], &[]).unwrap_err(),
+        ];
+        for (e, cmd) in errors.into_iter().zip([
+            Command::GetChecksum,
+            Command::Special,
+            Command::ExtendedSpecial,
+        ]) {
+            match e {
+                Error::Unsupported { command, listed } => {
+                    assert_eq!(command, cmd);
+                    assert!(listed.contains("Extended Erase 0x44"), "{listed}");
+                }
+                other => panic!("expected Unsupported for {cmd}, got {other:?}"),
+            }
+        }
+        h.assert_done();
+    }
+
+    #[test]
+    fn unexpected_byte_is_reported() {
+        let (mut s, h) = session(vec![step(&[0x21, 0xDE], &[0x00])]);
+        match s.go(0x0800_0000).unwrap_err() {
+            Error::UnexpectedReply {
+                command,
+                phase,
+                byte,
+            } => assert_eq!((command, phase, byte), (Command::Go, Phase::Command, 0x00)),
+            other => panic!("expected UnexpectedReply, got {other:?}"),
+        }
+        h.assert_done();
+    }
+
+    #[test]
+    fn double_nack_is_drained() {
+        let (mut s, h) = session(vec![
+            step(&[0x11, 0xEE], &[0x1F, 0x1F]),
+            step(&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x13, 0x79]),
+        ]);
+        let e = s.read_memory(0x0800_0000, &mut [0u8; 4]).unwrap_err();
+        assert_nack(e, Command::ReadMemory, Phase::Command);
+        assert_eq!(s.get_id().unwrap(), 0x413);
+        h.assert_done();
+    }
+
+    #[test]
+    fn silence_is_a_timeout_at_the_phase() {
+        let (mut s, h) = session(vec![
+            step(&[0x31, 0xCE], &[0x79]),
+            step(&[0x08, 0x00, 0x01, 0x00, 0x09], &[]),
+        ]);
+        match s.write_memory(0x0800_0100, &[0; 4]).unwrap_err() {
+            Error::Timeout { command, phase, .. } => {
+                assert_eq!((command, phase), (Command::WriteMemory, Phase::Address))
+            }
+            other => panic!("expected Timeout, got {other:?}"),
+        }
+        h.assert_done();
+    }
+
+    #[test]
+    fn get_id_rejects_zero_length() {
+        let (mut s, h) = session(vec![step(&[0x02, 0xFD], &[0x79, 0x00])]);
+        assert!(
+            matches!(s.get_id().unwrap_err(), Error::MalformedReply { .. }),
+            "N = 0 cannot carry a PID"
+        );
+        h.assert_done();
+    }
+
+    #[test]
+    fn end_to_end_with_simulated_f411() {
+        use crate::sim::SimSpec;
+        use crate::transport::sim::SimLink;
+        let spec = SimSpec::parse("stm32f411").unwrap();
+        let target = spec
+            .build(crate::device::DeviceTable::builtin().unwrap())
+            .unwrap();
+        let link = SimLink::with_target(target, spec, LineSettings::default());
+        let mut s = Session::new(Box::new(link), Timeouts::default());
+        let info = s.connect().unwrap().clone();
+        assert_eq!((info.pid, info.version), (0x431, ProtocolVersion(0x31)));
+        assert_eq!(info.commands, V31.to_vec());
+        s.write_memory(0x0800_0100, &[0xDE, 0xAD, 0xBE, 0xEF])
+            .unwrap();
+        let mut buf = [0u8; 8];
+        s.read_memory(0x0800_00FC, &mut buf).unwrap();
+        assert_eq!(buf, [0xFF, 0xFF, 0xFF, 0xFF, 0xDE, 0xAD, 0xBE, 0xEF]);
+        s.erase(&EraseRequest::Pages(vec![0]), Duration::from_secs(5))
+            .unwrap();
+        s.read_memory(0x0800_0100, &mut buf[..4]).unwrap();
+        assert_eq!(buf[..4], [0xFF; 4]);
+        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
+        assert_eq!(s.get_id().unwrap(), 0x431);
+    }
+}

@@ -88,7 +88,8 @@ fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
 }
 
 fn load_image(args: &ImageArgs) -> Result<Image> {
-    Ok(Image::load(&args.file, None, args.address)?)
+    Image::load(&args.file, None, args.address)
+        .map_err(|e| anyhow!(stm32boot::Error::from(e)))
 }
 
 fn page_map_summary(device: &Device) -> String {
@@ -159,7 +160,10 @@ fn read(args: &ConnectArgs, address: u32, length: u32, output: &Path, bars: &mut
     let data = flash::read_memory(&mut conn, address, length, bars)?;
     finish(conn)?;
     let bytes = if hex {
-        Image::from_bin(&data, address)?.to_ihex()?.into_bytes()
+        Image::from_bin(&data, address)
+            .and_then(|i| i.to_ihex())
+            .map_err(stm32boot::Error::from)?
+            .into_bytes()
     } else {
         data
     };
