@@ -137,22 +137,21 @@ pub enum Error {
     #[error("{0}")]
     Device(String),
     /// A local file could not be read or written.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (shown in the message, so not chained as a source).
+        error: std::io::Error,
     },
 }
 
 impl Error {
     /// Wrap an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, error: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 

@@ -32,22 +32,21 @@ pub enum LinkError {
         reason: String,
     },
     /// An operating-system error while using the link.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (shown in the message, so not chained as a source).
+        error: std::io::Error,
     },
 }
 
 impl LinkError {
     /// Wrap an I/O error with what was being done.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, error: std::io::Error) -> Self {
         LinkError::Io {
             context: context.into(),
-            source,
+            error,
         }
     }
 }

@@ -65,8 +65,11 @@ impl PtyEndpoint {
         while !stop.load(Ordering::Relaxed) {
             let ready = {
                 let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
-                poll(&mut fds, PollTimeout::from(100u16))
-                    .map_err(|e| Error::io("waiting for the pseudo-terminal", e.into()))?
+                match poll(&mut fds, PollTimeout::from(100u16)) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(Error::io("waiting for the pseudo-terminal", e.into())),
+                }
             };
             if ready == 0 {
                 continue;

@@ -565,3 +565,600 @@ impl Target {
 fn ob_program_time() -> Duration {
     Duration::from_millis(50)
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::DeviceTable;
+    use crate::sim::SimSpec;
+
+    fn target(spec: &str) -> Target {
+        SimSpec::parse(spec)
+            .unwrap()
+            .build(DeviceTable::builtin().unwrap())
+            .unwrap()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        let parts: Vec<String> = bytes.iter().map(|b| format!("{b:02X}")).collect();
+        format!("[{}]", parts.join(" "))
+    }
+
+    fn send(t: &mut Target, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            t.feed(b, &mut out);
+        }
+        out
+    }
+
+    /// Feed each host phase and check the device's exact answer to it.
+    fn talk(t: &mut Target, steps: &[(&[u8], &[u8])]) {
+        for (i, (host, device)) in steps.iter().enumerate() {
+            let got = send(t, host);
+            assert_eq!(
+                hex(&got),
+                hex(device),
+                "step {i}: after host sent {}",
+                hex(host)
+            );
+        }
+    }
+
+    fn synced(spec: &str) -> Target {
+        let mut t = target(spec);
+        talk(&mut t, &[(&[0x7F], &[0x79])]);
+        t
+    }
+
+    const GET_F411: [u8; 15] = [
+        0x79, 0x0B, 0x31, 0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82, 0x92, 0x79,
+    ];
+    const GET_ID_F411: [u8; 5] = [0x79, 0x01, 0x04, 0x31, 0x79];
+
+    #[test]
+    fn first_7f_is_acked_and_earlier_bytes_ignored() {
+        let mut t = target("stm32f411");
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        talk(
+            &mut t,
+            &[(&[0x00, 0xFF, 0x02, 0xFD], &[]), (&[0x7F], &[0x79])],
+        );
+        assert_eq!(t.mode(), Mode::Bootloader);
+    }
+
+    #[test]
+    fn pair_7f_7f_after_sync_is_nacked() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x7F], &[]),
+                (&[0x7F], &[0x1F]),
+                (&[0x00, 0xFF], &GET_F411),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::Bootloader);
+    }
+
+    #[test]
+    fn wrong_complement_is_nacked() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x00, 0xFE], &[0x1F]),
+                (&[0x11, 0x11], &[0x1F]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+    }
+
+    #[test]
+    fn unknown_opcodes_are_nacked() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x32, 0xCD], &[0x1F]),
+                (&[0x03, 0xFC], &[0x1F]),
+                (&[0x50, 0xAF], &[0x1F]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+    }
+
+    #[test]
+    fn get_checksum_only_when_listed() {
+        let mut t = synced("stm32f411");
+        talk(&mut t, &[(&[0xA1, 0x5E], &[0x1F])]);
+        let mut t = synced("stm32f411?version=0x33");
+        talk(
+            &mut t,
+            &[
+                (
+                    &[0x00, 0xFF],
+                    &[
+                        0x79, 0x0C, 0x33, 0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x44, 0x63, 0x73,
+                        0x82, 0x92, 0xA1, 0x79,
+                    ],
+                ),
+                (&[0x01, 0xFE], &[0x79, 0x33, 0x00, 0x00, 0x79]),
+                (&[0xA1, 0x5E], &[0x79]),
+            ],
+        );
+    }
+
+    #[test]
+    fn get_get_version_get_id() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x00, 0xFF], &GET_F411),
+                (&[0x01, 0xFE], &[0x79, 0x31, 0x00, 0x00, 0x79]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+        let mut t = synced("stm32l476");
+        talk(&mut t, &[(&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x15, 0x79])]);
+    }
+
+    #[test]
+    fn read_memory_address_checks() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                // Bad address checksum.
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x09], &[0x1F]),
+                // The bootloader's own RAM.
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x20, 0x00, 0x00, 0x00, 0x20], &[0x1F]),
+                // User RAM above it is readable.
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x20, 0x00, 0x30, 0x00, 0x10], &[0x79]),
+                (&[0x00, 0xFF], &[0x79, 0x00]),
+                // Past the end of flash: accepted address, refused count.
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x07, 0xFF, 0xFF, 0x0F], &[0x79]),
+                (&[0x01, 0xFE], &[0x1F]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+    }
+
+    #[test]
+    fn read_memory_returns_n_plus_1_bytes_and_no_trailing_ack() {
+        let mut t = synced("stm32f411");
+        t.chip_mut()
+            .write(Area::Flash, 0x0800_0000, &[0x01, 0x02, 0x03, 0x04]);
+        talk(
+            &mut t,
+            &[
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x03, 0xFC], &[0x79, 0x01, 0x02, 0x03, 0x04]),
+                // Count whose complement is wrong.
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x03, 0xFD], &[0x1F]),
+            ],
+        );
+        talk(
+            &mut t,
+            &[
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+            ],
+        );
+        let mut want = vec![0x79, 0x01, 0x02, 0x03, 0x04];
+        want.resize(1 + 256, 0xFF);
+        assert_eq!(hex(&send(&mut t, &[0xFF, 0x00])), hex(&want));
+    }
+
+    #[test]
+    fn write_memory_has_no_ack_after_n() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x08, 0x00, 0x01, 0x00, 0x09], &[0x79]),
+                (&[0x03], &[]),
+                (&[0xDE, 0xAD, 0xBE, 0xEF], &[]),
+                (&[0x21], &[0x79]),
+            ],
+        );
+        assert_eq!(
+            t.chip().peek(0x0800_0100, 4).unwrap(),
+            vec![0xDE, 0xAD, 0xBE, 0xEF]
+        );
+        assert_eq!(t.chip().program_stats(), (1, 0));
+    }
+
+    #[test]
+    fn write_memory_bad_checksum_writes_nothing() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x08, 0x00, 0x01, 0x00, 0x09], &[0x79]),
+                (&[0x03, 0xDE, 0xAD, 0xBE, 0xEF, 0x22], &[0x1F]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+        assert_eq!(t.chip().peek(0x0800_0100, 4).unwrap(), vec![0xFF; 4]);
+        assert_eq!(t.chip().program_stats(), (0, 0));
+    }
+
+    #[test]
+    fn write_memory_refused_addresses() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                // System memory is read-only.
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x1F, 0xFF, 0x00, 0x00, 0xE0], &[0x1F]),
+                // The bootloader's RAM.
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x20, 0x00, 0x00, 0x00, 0x20], &[0x1F]),
+                // Option bytes other than from their base.
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x1F, 0xFF, 0xC0, 0x08, 0x28], &[0x1F]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::Bootloader);
+    }
+
+    #[test]
+    fn option_byte_write_resets_the_device() {
+        let mut t = synced("stm32f411");
+        // Factory option bytes with nWRP0 cleared: sector 0 write-protected.
+        let ob = [
+            0xEC, 0xAA, 0x13, 0x55, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0x0F, 0x01, 0xF0, 0xFF, 0xFF,
+            0xFF, 0xFF,
+        ];
+        let mut frame = vec![0x0F];
+        frame.extend_from_slice(&ob);
+        frame.push(0x0F);
+        talk(
+            &mut t,
+            &[
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x1F, 0xFF, 0xC0, 0x00, 0x20], &[0x79]),
+                (&frame, &[0x79]),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        assert_eq!(t.chip().peek(0x1FFF_C000, 16).unwrap(), ob.to_vec());
+        assert!(t.chip().is_write_protected(0x0800_0000));
+        assert!(!t.chip().is_write_protected(0x0800_4000));
+        talk(&mut t, &[(&[0x02, 0xFD], &[]), (&[0x7F], &[0x79])]);
+    }
+
+    #[test]
+    fn extended_erase_pages() {
+        let mut t = synced("stm32f411");
+        for addr in [0x0800_0000, 0x0800_4000, 0x0800_8000, 0x0800_C000] {
+            t.chip_mut().write(Area::Flash, addr, &[0; 4]);
+        }
+        talk(
+            &mut t,
+            &[
+                (&[0x44, 0xBB], &[0x79]),
+                (
+                    &[0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x02, 0x01],
+                    &[0x79],
+                ),
+            ],
+        );
+        assert_eq!(t.chip().erase_counts(), &[1, 1, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(t.chip().peek(0x0800_8000, 4).unwrap(), vec![0xFF; 4]);
+        assert_eq!(t.chip().peek(0x0800_C000, 4).unwrap(), vec![0x00; 4]);
+    }
+
+    #[test]
+    fn extended_erase_bad_checksum_or_page_erases_nothing() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x44, 0xBB], &[0x79]),
+                (&[0x00, 0x00, 0x00, 0x00, 0x01], &[0x1F]),
+                // Page 8 does not exist on a 512 KiB F411 (sectors 0-7).
+                (&[0x44, 0xBB], &[0x79]),
+                (&[0x00, 0x01, 0x00, 0x00, 0x00, 0x08, 0x09], &[0x1F]),
+            ],
+        );
+        assert_eq!(t.chip().erase_counts(), &[0; 8]);
+    }
+
+    #[test]
+    fn extended_erase_mass_and_bank1() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x44, 0xBB], &[0x79]),
+                (&[0xFF, 0xFF, 0x00], &[0x79]),
+                (&[0x44, 0xBB], &[0x79]),
+                (&[0xFF, 0xFE, 0x01], &[0x79]),
+            ],
+        );
+        assert_eq!(t.chip().erase_counts(), &[2; 8]);
+    }
+
+    #[test]
+    fn extended_erase_bank2_on_dual_bank_l476() {
+        let mut t = synced("stm32l476");
+        t.chip_mut().write(Area::Flash, 0x0800_0000, &[0; 8]);
+        t.chip_mut().write(Area::Flash, 0x0808_0000, &[0; 8]);
+        talk(
+            &mut t,
+            &[(&[0x44, 0xBB], &[0x79]), (&[0xFF, 0xFD, 0x02], &[0x79])],
+        );
+        let counts = t.chip().erase_counts();
+        assert_eq!(counts.len(), 512);
+        assert!(counts[..256].iter().all(|&c| c == 0));
+        assert!(counts[256..].iter().all(|&c| c == 1));
+        assert_eq!(t.chip().peek(0x0800_0000, 8).unwrap(), vec![0; 8]);
+        assert_eq!(t.chip().peek(0x0808_0000, 8).unwrap(), vec![0xFF; 8]);
+        // Global numbering: page 256 is the first page of bank 2.
+        talk(
+            &mut t,
+            &[
+                (&[0x44, 0xBB], &[0x79]),
+                (&[0x00, 0x00, 0x01, 0x00, 0x01], &[0x79]),
+            ],
+        );
+        assert_eq!(t.chip().erase_counts()[256], 2);
+        assert_eq!(t.chip().erase_counts()[0], 0);
+    }
+
+    #[test]
+    fn extended_erase_reserved_codes_are_nacked() {
+        let mut t = synced("stm32f411");
+        for lo in 0xF0..=0xFCu8 {
+            talk(
+                &mut t,
+                &[(&[0x44, 0xBB], &[0x79]), (&[0xFF, lo, 0xFF ^ lo], &[0x1F])],
+            );
+        }
+        assert_eq!(t.chip().erase_counts(), &[0; 8]);
+        talk(&mut t, &[(&[0x02, 0xFD], &GET_ID_F411)]);
+    }
+
+    #[test]
+    fn legacy_erase_is_not_listed_on_f411() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[(&[0x43, 0xBC], &[0x1F]), (&[0x02, 0xFD], &GET_ID_F411)],
+        );
+    }
+
+    #[test]
+    fn legacy_erase_when_listed() {
+        let mut t = synced("stm32f411");
+        t.set_bootloader(
+            0x22,
+            vec![
+                0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0x43, 0x63, 0x73, 0x82, 0x92,
+            ],
+        );
+        talk(
+            &mut t,
+            &[
+                (&[0x44, 0xBB], &[0x1F]),
+                (&[0x43, 0xBC], &[0x79]),
+                (&[0x02, 0x00, 0x01, 0x02, 0x01], &[0x79]),
+            ],
+        );
+        assert_eq!(t.chip().erase_counts(), &[1, 1, 1, 0, 0, 0, 0, 0]);
+        // FF followed by anything but 00 erases nothing, yet is ACKed.
+        talk(
+            &mut t,
+            &[(&[0x43, 0xBC], &[0x79]), (&[0xFF, 0x01], &[0x79])],
+        );
+        assert_eq!(t.chip().erase_counts(), &[1, 1, 1, 0, 0, 0, 0, 0]);
+        talk(
+            &mut t,
+            &[(&[0x43, 0xBC], &[0x79]), (&[0xFF, 0x00], &[0x79])],
+        );
+        assert_eq!(t.chip().erase_counts(), &[2, 2, 2, 1, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn get_checksum_of_0x12345678() {
+        let mut t = synced("stm32l476?version=0x33");
+        talk(
+            &mut t,
+            &[
+                (&[0x31, 0xCE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x03, 0x78, 0x56, 0x34, 0x12, 0x0B], &[0x79]),
+                (&[0xA1, 0x5E], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x00, 0x00, 0x00, 0x01, 0x01], &[0x79]),
+                (&[0x04, 0xC1, 0x1D, 0xB7, 0x6F], &[0x79]),
+                (
+                    &[0xFF, 0xFF, 0xFF, 0xFF, 0x00],
+                    &[0x79, 0x79, 0xDF, 0x8A, 0x8A, 0x2B, 0xF4],
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn get_checksum_of_erased_flash_and_bad_sizes() {
+        let mut t = synced("stm32l476?version=0x33");
+        talk(
+            &mut t,
+            &[
+                // 256 erased words: D000A3E2.
+                (&[0xA1, 0x5E], &[0x79]),
+                (&[0x08, 0x00, 0x10, 0x00, 0x18], &[0x79]),
+                (&[0x00, 0x00, 0x01, 0x00, 0x01], &[0x79]),
+                (&[0x04, 0xC1, 0x1D, 0xB7, 0x6F], &[0x79]),
+                (
+                    &[0xFF, 0xFF, 0xFF, 0xFF, 0x00],
+                    &[0x79, 0x79, 0xD0, 0x00, 0xA3, 0xE2, 0x91],
+                ),
+                // Size 0.
+                (&[0xA1, 0x5E], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x00, 0x00, 0x00, 0x00, 0x00], &[0x1F]),
+                // One word past the end of the 1 MiB flash.
+                (&[0xA1, 0x5E], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x00, 0x04, 0x00, 0x01, 0x05], &[0x1F]),
+                (&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x15, 0x79]),
+            ],
+        );
+    }
+
+    #[test]
+    fn readout_protect_then_unprotect() {
+        let mut t = synced("stm32f411");
+        t.chip_mut()
+            .write(Area::Flash, 0x0800_0000, &[0x12, 0x34, 0x56, 0x78]);
+        talk(&mut t, &[(&[0x82, 0x7D], &[0x79, 0x79])]);
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        assert_eq!(t.chip().rdp_level(), 1);
+        talk(&mut t, &[(&[0x7F], &[0x79])]);
+        for cmd in [0x11u8, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82] {
+            talk(&mut t, &[(&[cmd, !cmd], &[0x1F])]);
+        }
+        talk(
+            &mut t,
+            &[
+                (&[0x00, 0xFF], &GET_F411),
+                (&[0x01, 0xFE], &[0x79, 0x31, 0x00, 0x00, 0x79]),
+                (&[0x02, 0xFD], &GET_ID_F411),
+            ],
+        );
+        assert_eq!(
+            t.chip().peek(0x0800_0000, 4).unwrap(),
+            vec![0x12, 0x34, 0x56, 0x78]
+        );
+        talk(&mut t, &[(&[0x92, 0x6D], &[0x79, 0x79])]);
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        assert_eq!(t.chip().rdp_level(), 0);
+        let size = t.chip().device().flash.len() as usize;
+        assert!(t
+            .chip()
+            .peek(0x0800_0000, size)
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0xFF));
+        talk(
+            &mut t,
+            &[
+                (&[0x7F], &[0x79]),
+                (&[0x11, 0xEE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+                (&[0x03, 0xFC], &[0x79, 0xFF, 0xFF, 0xFF, 0xFF]),
+            ],
+        );
+    }
+
+    #[test]
+    fn write_protect_and_unprotect_reset_the_device() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x63, 0x9C], &[0x79]),
+                (&[0x01, 0x00, 0x01, 0x00], &[0x79]),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        assert_eq!(
+            t.chip().peek(0x1FFF_C008, 4).unwrap(),
+            vec![0xFC, 0x0F, 0x03, 0xF0]
+        );
+        assert!(t.chip().is_write_protected(0x0800_0000));
+        assert!(t.chip().is_write_protected(0x0800_4000));
+        assert!(!t.chip().is_write_protected(0x0800_8000));
+        talk(
+            &mut t,
+            &[(&[0x7F], &[0x79]), (&[0x73, 0x8C], &[0x79, 0x79])],
+        );
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced);
+        assert!(!t.chip().is_write_protected(0x0800_0000));
+        talk(&mut t, &[(&[0x7F], &[0x79])]);
+    }
+
+    #[test]
+    fn go_to_flash_leaves_the_bootloader() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::Application { entry: 0x0800_0000 });
+        talk(
+            &mut t,
+            &[(&[0x7F], &[]), (&[0x00, 0xFF], &[]), (&[0x7F, 0x7F], &[])],
+        );
+        assert_eq!(t.mode(), Mode::Application { entry: 0x0800_0000 });
+    }
+
+    #[test]
+    fn go_refuses_option_bytes_system_memory_and_bootloader_ram() {
+        let mut t = synced("stm32f411");
+        talk(
+            &mut t,
+            &[
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x1F, 0xFF, 0xC0, 0x00, 0x20], &[0x1F]),
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x1F, 0xFF, 0x00, 0x00, 0xE0], &[0x1F]),
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x20, 0x00, 0x00, 0x00, 0x20], &[0x1F]),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::Bootloader);
+        talk(
+            &mut t,
+            &[
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x20, 0x00, 0x40, 0x00, 0x60], &[0x79]),
+            ],
+        );
+        assert_eq!(t.mode(), Mode::Application { entry: 0x2000_4000 });
+    }
+
+    #[test]
+    fn special_and_extended_special_when_listed() {
+        let mut t = synced("stm32f411");
+        let mut codes = t.chip().device().bootloader.commands.clone();
+        codes.extend([0x50, 0x51]);
+        t.set_bootloader(0x31, codes);
+        t.set_special_ops(vec![0x0082]);
+        talk(
+            &mut t,
+            &[
+                (&[0x50, 0xAF], &[0x79]),
+                (&[0x12, 0x34, 0x26], &[0x1F]),
+                (&[0x50, 0xAF], &[0x79]),
+                (&[0x00, 0x82, 0x82], &[0x79]),
+                (
+                    &[0x00, 0x04, 0xDE, 0xAD, 0xBE, 0xEF, 0x26],
+                    &[0x79, 0x00, 0x00, 0x00, 0x00, 0x79],
+                ),
+                (&[0x51, 0xAE], &[0x79]),
+                (&[0x00, 0x82, 0x82], &[0x79]),
+                (&[0x00, 0x01, 0x11, 0x10], &[0x79]),
+                (&[0x00, 0x02, 0x22, 0x33, 0x13], &[0x79, 0x00, 0x00, 0x79]),
+            ],
+        );
+    }
+}
