@@ -1385,16 +1385,57 @@ mod tests {
         h.assert_done();
     }
 
-    #[test]
-    fn end_to_end_with_simulated_f411() {
+    fn sim_session(spec: &str) -> Session {
         use crate::sim::SimSpec;
         use crate::transport::sim::SimLink;
-        let spec = SimSpec::parse("stm32f411").unwrap();
+        let spec = SimSpec::parse(spec).unwrap();
         let target = spec
             .build(crate::device::DeviceTable::builtin().unwrap())
             .unwrap();
         let link = SimLink::with_target(target, spec, LineSettings::default());
-        let mut s = Session::new(Box::new(link), Timeouts::default());
+        Session::new(Box::new(link), Timeouts::default())
+    }
+
+    #[test]
+    fn end_to_end_protection_cycle_with_simulated_f411() {
+        let mut s = sim_session("stm32f411");
+        s.connect().unwrap();
+        s.write_memory(0x0800_0000, &[1, 2, 3, 4]).unwrap();
+        s.readout_protect().unwrap();
+        assert_eq!(s.info().map(|i| i.pid), Some(0x431));
+        let e = s.read_memory(0x0800_0000, &mut [0u8; 4]).unwrap_err();
+        assert_nack(e, Command::ReadMemory, Phase::Command);
+        s.readout_unprotect().unwrap();
+        let mut buf = [0u8; 4];
+        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        assert_eq!(buf, [0xFF; 4]);
+        s.write_protect(&[0]).unwrap();
+        s.write_memory(0x0800_0000, &[0; 4]).unwrap();
+        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        assert_eq!(buf, [0xFF; 4], "sector 0 is write-protected");
+        s.write_unprotect().unwrap();
+        s.write_memory(0x0800_0000, &[0; 4]).unwrap();
+        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        assert_eq!(buf, [0; 4]);
+    }
+
+    #[test]
+    fn end_to_end_checksum_and_go_with_simulated_l476() {
+        let mut s = sim_session("stm32l476?version=0x33");
+        assert!(s.connect().unwrap().supports(Command::GetChecksum));
+        s.write_memory(0x0800_0000, &[0x78, 0x56, 0x34, 0x12])
+            .unwrap();
+        let crc = s
+            .get_checksum(0x0800_0000, 1, 0x04C1_1DB7, 0xFFFF_FFFF)
+            .unwrap();
+        assert_eq!(crc, 0xDF8A_8A2B);
+        s.go(0x0800_0000).unwrap();
+        assert!(matches!(s.sync().unwrap_err(), Error::NoSync { .. }));
+    }
+
+    #[test]
+    fn end_to_end_with_simulated_f411() {
+        let mut s = sim_session("stm32f411");
         let info = s.connect().unwrap().clone();
         assert_eq!((info.pid, info.version), (0x431, ProtocolVersion(0x31)));
         assert_eq!(info.commands, V31.to_vec());
