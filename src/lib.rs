@@ -8,6 +8,28 @@
 //! - [`ops`]: flash plans, erase planning, write, verify, read;
 //! - [`transport`]: serial ports and the in-process simulator link;
 //! - [`sim`]: the simulated target, which speaks AN3155 from the chip's side.
+//!
+//! Writing and verifying an image on the simulated target:
+//!
+//! ```
+//! use stm32boot::device::DeviceTable;
+//! use stm32boot::image::Image;
+//! use stm32boot::link::LineSettings;
+//! use stm32boot::ops::{connect, flash, ConnectOptions, NoProgress, PlanOptions};
+//! use stm32boot::session::{Session, Timeouts};
+//! use stm32boot::transport::PortSpec;
+//!
+//! let table = DeviceTable::builtin()?;
+//! let link = PortSpec::parse("sim:stm32f411")?.open(LineSettings::default(), table)?;
+//! let session = Session::new(link, Timeouts::default());
+//! let mut conn = connect(session, table, &ConnectOptions::default(), &mut NoProgress)?;
+//! let image = Image::from_bin(&[0x12; 1024], 0x0800_0000)?;
+//! let options = flash::WriteOptions { verify: true, plan: PlanOptions::for_device(&conn.device) };
+//! let report = flash::write_image(&mut conn, &image, &options, &mut NoProgress)?;
+//! assert_eq!(report.pages_erased, 1);
+//! assert_eq!(report.verified, Some(flash::VerifyMethod::ReadBack));
+//! # Ok::<(), stm32boot::Error>(())
+//! ```
 #![deny(missing_docs)]
 
 pub mod device;

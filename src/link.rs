@@ -80,9 +80,7 @@ impl std::str::FromStr for Parity {
             "even" | "e" => Ok(Parity::Even),
             "none" | "n" => Ok(Parity::None),
             "odd" | "o" => Ok(Parity::Odd),
-            other => Err(format!(
-                "unknown parity '{other}': use even, none or odd"
-            )),
+            other => Err(format!("unknown parity '{other}': use even, none or odd")),
         }
     }
 }
@@ -200,8 +198,14 @@ mod tests {
 
     #[test]
     fn char_time_counts_parity() {
-        let even = LineSettings { baud: 115_200, parity: Parity::Even };
-        let none = LineSettings { baud: 115_200, parity: Parity::None };
+        let even = LineSettings {
+            baud: 115_200,
+            parity: Parity::Even,
+        };
+        let none = LineSettings {
+            baud: 115_200,
+            parity: Parity::None,
+        };
         assert_eq!(even.char_time().as_nanos(), 11 * 1_000_000_000 / 115_200);
         assert_eq!(none.char_time().as_nanos(), 10 * 1_000_000_000 / 115_200);
     }

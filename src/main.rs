@@ -29,7 +29,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 fn error_code(err: &anyhow::Error) -> &'static str {
-    err.downcast_ref::<stm32boot::Error>().map(|e| e.code()).unwrap_or("error")
+    err.downcast_ref::<stm32boot::Error>()
+        .map(|e| e.code())
+        .unwrap_or("error")
 }
 
 fn main() -> ExitCode {
@@ -40,7 +42,9 @@ fn main() -> ExitCode {
         _ => "stm32boot=trace",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut bars = Bars::new(cli.json, cli.quiet);
@@ -48,7 +52,9 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             if cli.json {
                 let mut v = json!({ "ok": true });
-                if let (Some(obj), serde_json::Value::Object(extra)) = (v.as_object_mut(), outcome.json) {
+                if let (Some(obj), serde_json::Value::Object(extra)) =
+                    (v.as_object_mut(), outcome.json)
+                {
                     obj.extend(extra);
                     obj.insert("notes".into(), json!(bars.notes));
                 }

@@ -287,10 +287,16 @@ impl Session {
         })?;
         self.require(cmd)?;
         self.command(cmd)?;
-        self.field(cmd, Phase::Address, &protocol::u32_field(address), self.timeouts.ack)?;
+        self.field(
+            cmd,
+            Phase::Address,
+            &protocol::u32_field(address),
+            self.timeouts.ack,
+        )?;
         self.field(cmd, Phase::Count, &count, self.timeouts.ack)?;
         let wait = self.timeouts.apply(self.timeouts.ack) + self.wire_time(buf.len()) * 2;
-        self.read_exact(buf, wait).map_err(|e| self.timeout_as(e, cmd, Phase::Reply, wait))
+        self.read_exact(buf, wait)
+            .map_err(|e| self.timeout_as(e, cmd, Phase::Reply, wait))
     }
 
     /// Write Memory (0x31): write 1 to 256 bytes at `address`. The bootloader reports no
@@ -305,7 +311,12 @@ impl Session {
         })?;
         self.require(cmd)?;
         self.command(cmd)?;
-        self.field(cmd, Phase::Address, &protocol::u32_field(address), self.timeouts.ack)?;
+        self.field(
+            cmd,
+            Phase::Address,
+            &protocol::u32_field(address),
+            self.timeouts.ack,
+        )?;
         let wait = self.timeouts.write_block + self.wire_time(frame.len());
         self.field(cmd, Phase::Data, &frame, wait)
     }
@@ -315,7 +326,12 @@ impl Session {
         let cmd = Command::Go;
         self.require(cmd)?;
         self.command(cmd)?;
-        self.field(cmd, Phase::Address, &protocol::u32_field(address), self.timeouts.ack)?;
+        self.field(
+            cmd,
+            Phase::Address,
+            &protocol::u32_field(address),
+            self.timeouts.ack,
+        )?;
         self.info = None;
         Ok(())
     }
@@ -334,9 +350,8 @@ impl Session {
                 listed: info.command_names(),
             });
         };
-        let frame = frame.ok_or_else(|| {
-            Error::InvalidRequest(format!("{cmd} cannot express {request:?}"))
-        })?;
+        let frame = frame
+            .ok_or_else(|| Error::InvalidRequest(format!("{cmd} cannot express {request:?}")))?;
         self.command(cmd)?;
         let wait = timeout + self.wire_time(frame.len());
         self.field(cmd, Phase::Pages, &frame, wait)
@@ -397,7 +412,12 @@ impl Session {
         let ack = self.timeouts.ack;
         self.field(cmd, Phase::Address, &protocol::u32_field(address), ack)?;
         self.field(cmd, Phase::Size, &protocol::u32_field(words), ack)?;
-        self.field(cmd, Phase::Polynomial, &protocol::u32_field(polynomial), ack)?;
+        self.field(
+            cmd,
+            Phase::Polynomial,
+            &protocol::u32_field(polynomial),
+            ack,
+        )?;
         self.field(cmd, Phase::Init, &protocol::u32_field(init), ack)?;
         // The CRC unit runs at about a word per clock; allow 1 s per MiB on top.
         let work = ack + Duration::from_secs(1).mul_f64(f64::from(words) / 262_144.0);
@@ -424,7 +444,12 @@ impl Session {
             .ok_or_else(|| Error::InvalidRequest("Special packet too long".into()))?;
         self.require(cmd)?;
         self.command(cmd)?;
-        self.field(cmd, Phase::Opcode, &protocol::special_opcode(op), self.timeouts.ack)?;
+        self.field(
+            cmd,
+            Phase::Opcode,
+            &protocol::special_opcode(op),
+            self.timeouts.ack,
+        )?;
         self.field(cmd, Phase::Data, &packet, self.timeouts.write_block)?;
         let data = self.read_packet(cmd)?;
         let status = self.read_packet(cmd)?;
@@ -452,7 +477,12 @@ impl Session {
             .ok_or_else(|| Error::InvalidRequest("packet too long".into()))?;
         self.require(cmd)?;
         self.command(cmd)?;
-        self.field(cmd, Phase::Opcode, &protocol::special_opcode(op), self.timeouts.ack)?;
+        self.field(
+            cmd,
+            Phase::Opcode,
+            &protocol::special_opcode(op),
+            self.timeouts.ack,
+        )?;
         self.field(cmd, Phase::Data, &p1, self.timeouts.ack)?;
         self.field(cmd, Phase::Data, &p2, self.timeouts.write_block)?;
         let reply = self.read_packet(cmd)?;

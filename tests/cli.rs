@@ -13,16 +13,23 @@ fn info_on_both_simulated_families() {
     for (part, pid, name) in [(F411, "0x431", "STM32F411"), (L476, "0x415", "STM32L47")] {
         let sim = SimChip::new(part);
         let text = ok(&["info", "--port", &sim.port()]);
-        assert!(text.contains(name) && text.contains(&format!("PID {pid}")), "{text}");
+        assert!(
+            text.contains(name) && text.contains(&format!("PID {pid}")),
+            "{text}"
+        );
         assert!(text.contains("protocol 3.1"), "{text}");
         assert!(text.contains("readout inactive"), "{text}");
-        let json: serde_json::Value = serde_json::from_str(&ok(&["info", "--port", &sim.port(), "--json"])).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&["info", "--port", &sim.port(), "--json"])).unwrap();
         assert_eq!(json["ok"], true);
         assert_eq!(json["pid"], pid);
         assert_eq!(json["unique_id"].as_str().unwrap().len(), 24);
     }
     let text = ok(&["info", "--port", "sim:stm32l476"]);
-    assert!(text.contains("512 x 2 KiB") && text.contains("2 banks"), "{text}");
+    assert!(
+        text.contains("512 x 2 KiB") && text.contains("2 banks"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -45,7 +52,16 @@ fn write_verifies_by_crc_where_the_bootloader_offers_get_checksum() {
     let sim = SimChip::with_options(L476, "version=0x33");
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(3001, 2)).unwrap();
-    let out = ok(&["write", path_str(&bin), "--address", "0x08001000", "--port", &sim.port(), "--verify", "--json"]);
+    let out = ok(&[
+        "write",
+        path_str(&bin),
+        "--address",
+        "0x08001000",
+        "--port",
+        &sim.port(),
+        "--verify",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["report"]["verified"], "crc");
     assert_eq!(sim.peek(0x0800_1000, 3001), pattern(3001, 2));
@@ -68,13 +84,25 @@ fn sparse_hex_round_trip_leaves_untouched_pages_unerased() {
     // Read both pieces back as HEX and compare with the image.
     for (addr, len) in [(0x0800_0000u32, 512u32), (0x0806_0000, 64)] {
         let out = sim.file("back.hex");
-        ok(&["read", &format!("0x{addr:08X}"), &len.to_string(), "-o", path_str(&out), "--port", &sim.port()]);
+        ok(&[
+            "read",
+            &format!("0x{addr:08X}"),
+            &len.to_string(),
+            "-o",
+            path_str(&out),
+            "--port",
+            &sim.port(),
+        ]);
         let back = Image::load(&out, None, None).unwrap();
         assert_eq!(back.slice(addr, len), img.slice(addr, len));
     }
     // The gap between the pieces was neither written nor erased.
     assert_eq!(sim.peek(0x0800_4000, 16), vec![0xFF; 16]);
-    assert_eq!(sim.peek(0x0800_0200, 16), vec![0xFF; 16], "nothing past the first piece");
+    assert_eq!(
+        sim.peek(0x0800_0200, 16),
+        vec![0xFF; 16],
+        "nothing past the first piece"
+    );
 }
 
 #[test]
@@ -82,11 +110,30 @@ fn read_to_bin() {
     let sim = SimChip::new(L476);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(1024, 5)).unwrap();
-    ok(&["write", path_str(&bin), "--address", "0x08080000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "--address",
+        "0x08080000",
+        "--port",
+        &sim.port(),
+    ]);
     let out = sim.file("out.bin");
-    ok(&["read", "0x08080000", "1K", "-o", path_str(&out), "--port", &sim.port()]);
+    ok(&[
+        "read",
+        "0x08080000",
+        "1K",
+        "-o",
+        path_str(&out),
+        "--port",
+        &sim.port(),
+    ]);
     assert_eq!(std::fs::read(&out).unwrap(), pattern(1024, 5));
-    assert_eq!(sim.chip().erase_counts()[256], 1, "bank 2 page 0 is page 256");
+    assert_eq!(
+        sim.chip().erase_counts()[256],
+        1,
+        "bank 2 page 0 is page 256"
+    );
 }
 
 #[test]
@@ -94,23 +141,56 @@ fn erase_pages_range_bank_and_all() {
     let sim = SimChip::new(L476);
     let bin = sim.file("fill.bin");
     std::fs::write(&bin, vec![0u8; 16 * 2048]).unwrap();
-    ok(&["write", path_str(&bin), "--address", "0x08000000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "--address",
+        "0x08000000",
+        "--port",
+        &sim.port(),
+    ]);
     ok(&["erase", "--pages", "1..2", "--port", &sim.port()]);
     assert_eq!(sim.peek(0x0800_0000, 4), vec![0; 4]);
     assert_eq!(sim.peek(0x0800_0800, 4096), vec![0xFF; 4096]);
     assert_eq!(sim.peek(0x0800_1800, 4), vec![0; 4]);
     // A range off page bounds is refused and changes nothing...
-    let err = fails(&["erase", "--range", "0x08001900:0x100", "--port", &sim.port()], 2);
-    assert!(err.contains("--expand") && err.contains("0x08001800:0x800"), "{err}");
+    let err = fails(
+        &[
+            "erase",
+            "--range",
+            "0x08001900:0x100",
+            "--port",
+            &sim.port(),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("--expand") && err.contains("0x08001800:0x800"),
+        "{err}"
+    );
     assert_eq!(sim.peek(0x0800_1800, 4), vec![0; 4]);
     // ...unless expanded.
-    ok(&["erase", "--range", "0x08001900:0x100", "--expand", "--port", &sim.port()]);
+    ok(&[
+        "erase",
+        "--range",
+        "0x08001900:0x100",
+        "--expand",
+        "--port",
+        &sim.port(),
+    ]);
     assert_eq!(sim.peek(0x0800_1800, 2048), vec![0xFF; 2048]);
     assert_eq!(sim.peek(0x0800_2000, 4), vec![0; 4]);
     ok(&["erase", "--range", "0x08002000:4K", "--port", &sim.port()]);
     assert_eq!(sim.peek(0x0800_2000, 4096), vec![0xFF; 4096]);
     // Bank 2 leaves bank 1 alone.
-    ok(&["write", path_str(&bin), "--address", "0x08080000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "--address",
+        "0x08080000",
+        "--port",
+        &sim.port(),
+    ]);
     ok(&["erase", "--bank", "2", "--port", &sim.port()]);
     assert_eq!(sim.peek(0x0808_0000, 16), vec![0xFF; 16]);
     assert_eq!(sim.peek(0x0800_3000, 4), vec![0; 4]);
@@ -126,9 +206,26 @@ fn erase_dry_run_changes_nothing() {
     let sim = SimChip::new(F411);
     let bin = sim.file("x.bin");
     std::fs::write(&bin, [0u8; 16]).unwrap();
-    ok(&["write", path_str(&bin), "--address", "0x08004000", "--port", &sim.port()]);
-    let out = ok(&["erase", "--pages", "0..1", "--dry-run", "--port", &sim.port()]);
-    assert!(out.contains("page    1 at 0x08004000") && out.contains("dry run"), "{out}");
+    ok(&[
+        "write",
+        path_str(&bin),
+        "--address",
+        "0x08004000",
+        "--port",
+        &sim.port(),
+    ]);
+    let out = ok(&[
+        "erase",
+        "--pages",
+        "0..1",
+        "--dry-run",
+        "--port",
+        &sim.port(),
+    ]);
+    assert!(
+        out.contains("page    1 at 0x08004000") && out.contains("dry run"),
+        "{out}"
+    );
     assert_eq!(sim.peek(0x0800_4000, 4), vec![0; 4]);
 }
 
@@ -137,8 +234,19 @@ fn write_dry_run_prints_plan_and_writes_nothing() {
     let sim = SimChip::new(F411);
     let bin = sim.file("x.bin");
     std::fs::write(&bin, pattern(0x5000, 9)).unwrap();
-    let out = ok(&["write", path_str(&bin), "-a", "0x08000000", "--dry-run", "--port", &sim.port()]);
-    assert!(out.contains("page    0") && out.contains("page    1") && !out.contains("page    2"), "{out}");
+    let out = ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08000000",
+        "--dry-run",
+        "--port",
+        &sim.port(),
+    ]);
+    assert!(
+        out.contains("page    0") && out.contains("page    1") && !out.contains("page    2"),
+        "{out}"
+    );
     assert_eq!(sim.peek(0x0800_0000, 4), vec![0xFF; 4]);
     assert!(sim.chip().erase_counts().iter().all(|&c| c == 0));
 }
@@ -148,13 +256,37 @@ fn verify_matches_and_mismatches() {
     let sim = SimChip::new(F411);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(700, 6)).unwrap();
-    ok(&["write", path_str(&bin), "-a", "0x08000000", "--port", &sim.port()]);
-    let out = ok(&["verify", path_str(&bin), "-a", "0x08000000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08000000",
+        "--port",
+        &sim.port(),
+    ]);
+    let out = ok(&[
+        "verify",
+        path_str(&bin),
+        "-a",
+        "0x08000000",
+        "--port",
+        &sim.port(),
+    ]);
     assert!(out.contains("matches"), "{out}");
     let mut other = pattern(700, 6);
     other[300] ^= 0x01;
     std::fs::write(&bin, &other).unwrap();
-    let err = fails(&["verify", path_str(&bin), "-a", "0x08000000", "--port", &sim.port()], 4);
+    let err = fails(
+        &[
+            "verify",
+            path_str(&bin),
+            "-a",
+            "0x08000000",
+            "--port",
+            &sim.port(),
+        ],
+        4,
+    );
     assert!(err.contains("0x0800012C"), "{err}");
 }
 
@@ -165,8 +297,14 @@ fn checksum_by_crc_and_by_read_back_agree() {
     let erased_crc = "0xD000A3E2";
     let ra = ok(&["checksum", "0x08000000", "1024", "--port", &a.port()]);
     let rb = ok(&["checksum", "0x08000000", "1024", "--port", &b.port()]);
-    assert!(ra.starts_with(erased_crc) && ra.contains("read back"), "{ra}");
-    assert!(rb.starts_with(erased_crc) && rb.contains("Get Checksum"), "{rb}");
+    assert!(
+        ra.starts_with(erased_crc) && ra.contains("read back"),
+        "{ra}"
+    );
+    assert!(
+        rb.starts_with(erased_crc) && rb.contains("Get Checksum"),
+        "{rb}"
+    );
     let err = fails(&["checksum", "0x08000001", "8", "--port", &a.port()], 2);
     assert!(err.contains("multiples of 4"), "{err}");
 }
@@ -178,14 +316,26 @@ fn go_starts_the_application_and_refuses_option_bytes() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["address"], 0x0800_0000);
     let err = fails(&["go", "0x1FFFC000", "--port", &sim.port()], 5);
-    assert!(err.contains("Go (0x21)") && err.contains("address"), "{err}");
+    assert!(
+        err.contains("Go (0x21)") && err.contains("address"),
+        "{err}"
+    );
 }
 
 #[test]
 fn write_go_jumps_to_the_image() {
     let sim = SimChip::new(F411);
-    let out = ok(&["write", "examples/blinky-f411.hex", "--port", &sim.port(), "--go"]);
-    assert!(out.contains("started the application at 0x08000000"), "{out}");
+    let out = ok(&[
+        "write",
+        "examples/blinky-f411.hex",
+        "--port",
+        &sim.port(),
+        "--go",
+    ]);
+    assert!(
+        out.contains("started the application at 0x08000000"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -193,18 +343,43 @@ fn readout_protection_on_blocks_reads_and_off_mass_erases() {
     let sim = SimChip::new(F411);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(256, 7)).unwrap();
-    ok(&["write", path_str(&bin), "-a", "0x08000000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08000000",
+        "--port",
+        &sim.port(),
+    ]);
     ok(&["protect", "--port", &sim.port(), "readout", "on"]);
     assert_eq!(sim.chip().rdp_level(), 1);
     let out = sim.file("r.bin");
-    let err = fails(&["read", "0x08000000", "16", "-o", path_str(&out), "--port", &sim.port()], 5);
+    let err = fails(
+        &[
+            "read",
+            "0x08000000",
+            "16",
+            "-o",
+            path_str(&out),
+            "--port",
+            &sim.port(),
+        ],
+        5,
+    );
     assert!(err.contains("read protection"), "{err}");
     let info = ok(&["info", "--port", &sim.port()]);
     assert!(info.contains("readout active"), "{info}");
     let err = fails(&["protect", "--port", &sim.port(), "readout", "off"], 2);
     assert!(err.contains("--confirm-mass-erase"), "{err}");
     assert_eq!(sim.peek(0x0800_0000, 4), pattern(4, 7));
-    ok(&["protect", "--port", &sim.port(), "readout", "off", "--confirm-mass-erase"]);
+    ok(&[
+        "protect",
+        "--port",
+        &sim.port(),
+        "readout",
+        "off",
+        "--confirm-mass-erase",
+    ]);
     assert_eq!(sim.chip().rdp_level(), 0);
     assert_eq!(sim.peek(0x0800_0000, 256), vec![0xFF; 256]);
 }
@@ -214,14 +389,40 @@ fn write_protection_keeps_a_sector_and_verify_says_where() {
     let sim = SimChip::new(F411);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(256, 8)).unwrap();
-    ok(&["write", path_str(&bin), "-a", "0x08004000", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08004000",
+        "--port",
+        &sim.port(),
+    ]);
     ok(&["protect", "--port", &sim.port(), "write", "on", "1"]);
     std::fs::write(&bin, pattern(256, 9)).unwrap();
-    let err = fails(&["write", path_str(&bin), "-a", "0x08004000", "--verify", "--port", &sim.port()], 4);
+    let err = fails(
+        &[
+            "write",
+            path_str(&bin),
+            "-a",
+            "0x08004000",
+            "--verify",
+            "--port",
+            &sim.port(),
+        ],
+        4,
+    );
     assert!(err.contains("write-protected"), "{err}");
     assert_eq!(sim.peek(0x0800_4000, 256), pattern(256, 8));
     ok(&["protect", "--port", &sim.port(), "write", "off"]);
-    ok(&["write", path_str(&bin), "-a", "0x08004000", "--verify", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08004000",
+        "--verify",
+        "--port",
+        &sim.port(),
+    ]);
     assert_eq!(sim.peek(0x0800_4000, 256), pattern(256, 9));
 }
 
@@ -232,9 +433,29 @@ fn bad_input_is_refused_before_the_chip_is_touched() {
     std::fs::write(&bin, pattern(64, 10)).unwrap();
     let err = fails(&["write", path_str(&bin), "--port", &sim.port()], 2);
     assert!(err.contains("--address"), "{err}");
-    let err = fails(&["write", path_str(&bin), "-a", "0x1FFF0000", "--port", &sim.port()], 2);
+    let err = fails(
+        &[
+            "write",
+            path_str(&bin),
+            "-a",
+            "0x1FFF0000",
+            "--port",
+            &sim.port(),
+        ],
+        2,
+    );
     assert!(err.contains("system memory"), "{err}");
-    let err = fails(&["write", path_str(&bin), "-a", "0x0807FFF0", "--port", &sim.port()], 2);
+    let err = fails(
+        &[
+            "write",
+            path_str(&bin),
+            "-a",
+            "0x0807FFF0",
+            "--port",
+            &sim.port(),
+        ],
+        2,
+    );
     assert!(err.contains("past the end of flash"), "{err}");
     let err = fails(&["write", "no-such-file.hex", "--port", &sim.port()], 2);
     assert!(err.contains("no-such-file.hex"), "{err}");
@@ -265,7 +486,10 @@ fn no_bootloader_answer_says_what_to_check() {
 fn ports_and_devices_list() {
     ok(&["ports"]);
     let out = ok(&["devices"]);
-    assert!(out.contains("STM32F411") && out.contains("STM32L47"), "{out}");
+    assert!(
+        out.contains("STM32F411") && out.contains("STM32L47"),
+        "{out}"
+    );
     let out = ok(&["devices", "L4"]);
     assert!(!out.contains("STM32F411"), "{out}");
 }

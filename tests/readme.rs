@@ -5,12 +5,20 @@ use std::path::Path;
 use std::process::Command;
 
 fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md")
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md")
 }
 
 fn sh(dir: &Path, line: &str) -> std::process::Output {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_stm32boot")).parent().expect("bin dir").to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_stm32boot"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     Command::new("sh")
         .arg("-c")
         .arg(line)
@@ -36,12 +44,19 @@ fn main_command_writes_and_verifies_on_the_simulator() {
         .lines()
         .find(|l| l.starts_with("cargo run --release -- write"))
         .expect("README has the main command");
-    assert!(line.contains("sim:stm32f411") && line.contains("--verify"), "{line}");
+    assert!(
+        line.contains("sim:stm32f411") && line.contains("--verify"),
+        "{line}"
+    );
     let cmd = line.replacen("cargo run --release --", "stm32boot", 1);
     let dir = scratch();
     let out = sh(dir.path(), &cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("verified"), "{stdout}");
 }
 

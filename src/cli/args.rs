@@ -294,9 +294,9 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
         _ => (t.as_str(), 1),
     };
-    let v = u64::from(parse_u32(num).map_err(|_| {
-        format!("'{s}' is not a size (e.g. 4096, 0x1000, 16K, 1M)")
-    })?) * mult;
+    let v = u64::from(
+        parse_u32(num).map_err(|_| format!("'{s}' is not a size (e.g. 4096, 0x1000, 16K, 1M)"))?,
+    ) * mult;
     u32::try_from(v).map_err(|_| format!("'{s}' is larger than 4 GiB"))
 }
 

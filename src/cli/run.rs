@@ -1,7 +1,9 @@
 //! The commands: each connects (where it needs a chip), calls the library, and returns what to
 //! show as text and as JSON.
 
-use super::args::{Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd, SimArgs};
+use super::args::{
+    Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd, SimArgs,
+};
 use super::output::{human_size, Bars};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -30,13 +32,35 @@ pub struct Outcome {
 pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
     match &cli.command {
         Cmd::Info { conn } => info(conn, bars),
-        Cmd::Read { conn, address, length, output } => read(conn, *address, *length, output, bars),
-        Cmd::Write { conn, image, verify, go, no_erase, no_skip, dry_run } => {
-            write(conn, image, *verify, *go, *no_erase, *no_skip, *dry_run, bars)
-        }
-        Cmd::Erase { conn, what, expand, dry_run } => erase(conn, what, *expand, *dry_run, bars),
+        Cmd::Read {
+            conn,
+            address,
+            length,
+            output,
+        } => read(conn, *address, *length, output, bars),
+        Cmd::Write {
+            conn,
+            image,
+            verify,
+            go,
+            no_erase,
+            no_skip,
+            dry_run,
+        } => write(
+            conn, image, *verify, *go, *no_erase, *no_skip, *dry_run, bars,
+        ),
+        Cmd::Erase {
+            conn,
+            what,
+            expand,
+            dry_run,
+        } => erase(conn, what, *expand, *dry_run, bars),
         Cmd::Verify { conn, image } => verify(conn, image, bars),
-        Cmd::Checksum { conn, address, length } => checksum(conn, *address, *length, bars),
+        Cmd::Checksum {
+            conn,
+            address,
+            length,
+        } => checksum(conn, *address, *length, bars),
         Cmd::Go { conn, address } => go(conn, *address, bars),
         Cmd::Protect { conn, what } => protect(conn, what, bars),
         Cmd::Ports => ports(),
@@ -83,13 +107,14 @@ fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
         }
     }
     let session = Session::new(link, Timeouts::scaled(args.timeout_scale));
-    let options = ConnectOptions { flash_size: args.flash_size };
+    let options = ConnectOptions {
+        flash_size: args.flash_size,
+    };
     Ok(connect(session, &table, &options, bars)?)
 }
 
 fn load_image(args: &ImageArgs) -> Result<Image> {
-    Image::load(&args.file, None, args.address)
-        .map_err(|e| anyhow!(stm32boot::Error::from(e)))
+    Image::load(&args.file, None, args.address).map_err(|e| anyhow!(stm32boot::Error::from(e)))
 }
 
 fn page_map_summary(device: &Device) -> String {
@@ -104,7 +129,13 @@ fn page_map_summary(device: &Device) -> String {
         .iter()
         .map(|(n, s)| format!("{n} x {}", human_size(u64::from(*s))))
         .collect();
-    format!("{} ({} erase units, {} bank{})", runs.join(", "), device.pages.len(), device.banks, if device.banks > 1 { "s" } else { "" })
+    format!(
+        "{} ({} erase units, {} bank{})",
+        runs.join(", "),
+        device.pages.len(),
+        device.banks,
+        if device.banks > 1 { "s" } else { "" }
+    )
 }
 
 fn finish(conn: Connection) -> Result<()> {
@@ -117,7 +148,11 @@ fn info(args: &ConnectArgs, bars: &mut Bars) -> Result<Outcome> {
     let uid = conn.unique_id()?;
     let d = conn.device.clone();
     let b = conn.bootloader.clone();
-    let rdp = if conn.read_protected { "active (level 1 or 2): flash cannot be read" } else { "inactive (level 0)" };
+    let rdp = if conn.read_protected {
+        "active (level 1 or 2): flash cannot be read"
+    } else {
+        "inactive (level 0)"
+    };
     let uid_hex = uid.map(|u| u.iter().map(|x| format!("{x:02X}")).collect::<String>());
     finish(conn)?;
     let text = format!(
@@ -154,8 +189,16 @@ fn info(args: &ConnectArgs, bars: &mut Bars) -> Result<Outcome> {
     Ok(Outcome { text, json })
 }
 
-fn read(args: &ConnectArgs, address: u32, length: u32, output: &Path, bars: &mut Bars) -> Result<Outcome> {
-    let hex = output.extension().is_some_and(|e| e.eq_ignore_ascii_case("hex"));
+fn read(
+    args: &ConnectArgs,
+    address: u32,
+    length: u32,
+    output: &Path,
+    bars: &mut Bars,
+) -> Result<Outcome> {
+    let hex = output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("hex"));
     let mut conn = open(args, bars)?;
     let data = flash::read_memory(&mut conn, address, length, bars)?;
     finish(conn)?;
@@ -169,7 +212,10 @@ fn read(args: &ConnectArgs, address: u32, length: u32, output: &Path, bars: &mut
     };
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
     Ok(Outcome {
-        text: format!("read {length} bytes from 0x{address:08X} into {}", output.display()),
+        text: format!(
+            "read {length} bytes from 0x{address:08X} into {}",
+            output.display()
+        ),
         json: json!({ "address": address, "length": length, "file": output, "format": if hex { "ihex" } else { "bin" } }),
     })
 }
@@ -180,7 +226,9 @@ fn plan_json(device: &Device, plan: &stm32boot::ops::FlashPlan) -> Value {
         .iter()
         .map(|s| match s {
             EraseStep::Mass => json!({ "mass": true }),
-            EraseStep::Pages(p) => json!({ "pages": p.iter().map(|p| p.index).collect::<Vec<_>>() }),
+            EraseStep::Pages(p) => {
+                json!({ "pages": p.iter().map(|p| p.index).collect::<Vec<_>>() })
+            }
         })
         .collect();
     json!({
@@ -196,7 +244,14 @@ fn plan_json(device: &Device, plan: &stm32boot::ops::FlashPlan) -> Value {
 fn pages_text(pages: &[Page]) -> String {
     pages
         .iter()
-        .map(|p| format!("  page {:>4} at 0x{:08X} ({})", p.index, p.address, human_size(u64::from(p.size))))
+        .map(|p| {
+            format!(
+                "  page {:>4} at 0x{:08X} ({})",
+                p.index,
+                p.address,
+                human_size(u64::from(p.size))
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -244,9 +299,20 @@ fn write(
             text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased", p.index));
         }
         text.push_str("\n(dry run: nothing was changed)");
-        return Ok(Outcome { text, json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan) }) });
+        return Ok(Outcome {
+            text,
+            json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan) }),
+        });
     }
-    let report = flash::write_image(&mut conn, &image, &WriteOptions { verify, plan: plan_opts }, bars)?;
+    let report = flash::write_image(
+        &mut conn,
+        &image,
+        &WriteOptions {
+            verify,
+            plan: plan_opts,
+        },
+        bars,
+    )?;
     let mut go_addr = None;
     if go {
         let addr = image.start().unwrap_or(conn.device.flash.start);
@@ -277,8 +343,13 @@ fn write(
 
 fn parse_page_range(s: &str) -> Result<(u16, u16)> {
     let parse = |t: &str| -> Result<u16> {
-        let v = super::args::parse_u32(t).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
-        u16::try_from(v).map_err(|_| anyhow!(stm32boot::Error::InvalidRequest(format!("page {v} is out of range"))))
+        let v =
+            super::args::parse_u32(t).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+        u16::try_from(v).map_err(|_| {
+            anyhow!(stm32boot::Error::InvalidRequest(format!(
+                "page {v} is out of range"
+            )))
+        })
     };
     let (a, b) = match s.split_once("..") {
         Some((a, b)) => (parse(a)?, parse(b.trim_start_matches('='))?),
@@ -288,12 +359,20 @@ fn parse_page_range(s: &str) -> Result<(u16, u16)> {
         }
     };
     if a > b {
-        bail!(stm32boot::Error::InvalidRequest(format!("page range {s} runs backwards")));
+        bail!(stm32boot::Error::InvalidRequest(format!(
+            "page range {s} runs backwards"
+        )));
     }
     Ok((a, b))
 }
 
-fn erase(args: &ConnectArgs, what: &EraseWhat, expand: bool, dry_run: bool, bars: &mut Bars) -> Result<Outcome> {
+fn erase(
+    args: &ConnectArgs,
+    what: &EraseWhat,
+    expand: bool,
+    dry_run: bool,
+    bars: &mut Bars,
+) -> Result<Outcome> {
     // Parse what can be parsed before the port opens.
     let pages_arg = what.pages.as_deref().map(parse_page_range).transpose()?;
     let range_arg = what
@@ -301,12 +380,18 @@ fn erase(args: &ConnectArgs, what: &EraseWhat, expand: bool, dry_run: bool, bars
         .as_deref()
         .map(|r| -> Result<(u32, u32)> {
             let (a, l) = r.split_once(':').ok_or_else(|| {
-                anyhow!(stm32boot::Error::InvalidRequest(format!("--range {r}: use ADDR:LEN, e.g. 0x08004000:16K")))
+                anyhow!(stm32boot::Error::InvalidRequest(format!(
+                    "--range {r}: use ADDR:LEN, e.g. 0x08004000:16K"
+                )))
             })?;
-            let a = super::args::parse_u32(a).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
-            let l = super::args::parse_size(l).map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+            let a = super::args::parse_u32(a)
+                .map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
+            let l = super::args::parse_size(l)
+                .map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
             if l == 0 {
-                bail!(stm32boot::Error::InvalidRequest("--range: the length is 0".into()));
+                bail!(stm32boot::Error::InvalidRequest(
+                    "--range: the length is 0".into()
+                ));
             }
             Ok((a, l))
         })
@@ -314,17 +399,31 @@ fn erase(args: &ConnectArgs, what: &EraseWhat, expand: bool, dry_run: bool, bars
     let mut conn = open(args, bars)?;
     let device = conn.device.clone();
     let mut opts = PlanOptions::for_device(&device);
-    if !conn.bootloader.supports(stm32boot::protocol::Command::ExtendedErase) {
+    if !conn
+        .bootloader
+        .supports(stm32boot::protocol::Command::ExtendedErase)
+    {
         opts.max_pages_per_erase = opts.max_pages_per_erase.min(255);
     }
     let invalid = |m: String| anyhow!(stm32boot::Error::InvalidRequest(m));
     let (pages, steps): (Vec<Page>, Vec<EraseStep>) = if what.all {
-        (device.pages.clone(), erase_steps(&device, &device.pages, &opts))
+        (
+            device.pages.clone(),
+            erase_steps(&device, &device.pages, &opts),
+        )
     } else if let Some(bank) = what.bank {
         if bank > device.banks {
-            return Err(invalid(format!("the {} has {} bank(s); there is no bank {bank}", device.name, device.banks)));
+            return Err(invalid(format!(
+                "the {} has {} bank(s); there is no bank {bank}",
+                device.name, device.banks
+            )));
         }
-        let p: Vec<Page> = device.pages.iter().filter(|p| p.bank == bank).copied().collect();
+        let p: Vec<Page> = device
+            .pages
+            .iter()
+            .filter(|p| p.bank == bank)
+            .copied()
+            .collect();
         (p, Vec::new())
     } else if let Some((a, b)) = pages_arg {
         let mut p = Vec::new();
@@ -367,17 +466,26 @@ fn erase(args: &ConnectArgs, what: &EraseWhat, expand: bool, dry_run: bool, bars
                     "--range 0x{addr:08X}:0x{len:X} is not on page bounds; erasing whole pages would cover {grown}: pass --expand to do that"
                 )));
             }
-            bars.note(Note::Warning(format!("--range grown to whole pages: {grown}")));
+            bars.note(Note::Warning(format!(
+                "--range grown to whole pages: {grown}"
+            )));
         }
         let s = erase_steps(&device, &p, &opts);
         (p, s)
     } else {
-        return Err(invalid("say what to erase: --all, --bank N, --pages A..B or --range ADDR:LEN".into()));
+        return Err(invalid(
+            "say what to erase: --all, --bank N, --pages A..B or --range ADDR:LEN".into(),
+        ));
     };
     if dry_run {
         finish(conn)?;
         return Ok(Outcome {
-            text: format!("would erase {} page(s) of the {}:\n{}\n(dry run: nothing was changed)", pages.len(), device.name, pages_text(&pages)),
+            text: format!(
+                "would erase {} page(s) of the {}:\n{}\n(dry run: nothing was changed)",
+                pages.len(),
+                device.name,
+                pages_text(&pages)
+            ),
             json: json!({ "dry_run": true, "pages": pages.iter().map(|p| p.index).collect::<Vec<_>>() }),
         });
     }
@@ -402,7 +510,11 @@ fn verify(args: &ConnectArgs, image_args: &ImageArgs, bars: &mut Bars) -> Result
             "{} matches the chip ({} bytes, by {})",
             image_args.file.display(),
             image.total_len(),
-            if method == flash::VerifyMethod::Crc { "CRC" } else { "reading back" }
+            if method == flash::VerifyMethod::Crc {
+                "CRC"
+            } else {
+                "reading back"
+            }
         ),
         json: json!({ "file": image_args.file, "bytes": image.total_len(), "method": method }),
     })
@@ -415,7 +527,11 @@ fn checksum(args: &ConnectArgs, address: u32, length: u32, bars: &mut Bars) -> R
     Ok(Outcome {
         text: format!(
             "0x{crc:08X}  STM32 CRC-32 of {length} bytes at 0x{address:08X} ({})",
-            if method == flash::VerifyMethod::Crc { "Get Checksum" } else { "read back, computed here" }
+            if method == flash::VerifyMethod::Crc {
+                "Get Checksum"
+            } else {
+                "read back, computed here"
+            }
         ),
         json: json!({ "address": address, "length": length, "crc": format!("0x{crc:08X}"), "method": method }),
     })
@@ -437,11 +553,17 @@ fn parse_codes(s: &str) -> Result<Vec<u8>> {
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (a, b) = parse_page_range(part.trim())?;
         for c in a..=b {
-            out.push(u8::try_from(c).map_err(|_| anyhow!(stm32boot::Error::InvalidRequest(format!("sector {c} is out of range (0-255)"))))?);
+            out.push(u8::try_from(c).map_err(|_| {
+                anyhow!(stm32boot::Error::InvalidRequest(format!(
+                    "sector {c} is out of range (0-255)"
+                )))
+            })?);
         }
     }
     if out.is_empty() {
-        bail!(stm32boot::Error::InvalidRequest("name the sectors to protect, e.g. 0,1 or 0..3".into()));
+        bail!(stm32boot::Error::InvalidRequest(
+            "name the sectors to protect, e.g. 0,1 or 0..3".into()
+        ));
     }
     Ok(out)
 }
@@ -464,29 +586,40 @@ fn protect(args: &ConnectArgs, what: &ProtectCmd, bars: &mut Bars) -> Result<Out
     };
     let mut conn = open(args, bars)?;
     let text = match what {
-        ProtectCmd::Readout { state: OnOff::On, .. } => {
+        ProtectCmd::Readout {
+            state: OnOff::On, ..
+        } => {
             conn.session.readout_protect()?;
             bars.note(Note::Warning(
                 "read protection is now active: the flash cannot be read or written over the bootloader until `stm32boot protect readout off --confirm-mass-erase`, which erases it".into(),
             ));
             "readout protection set to level 1; the chip was reset and re-synced".to_string()
         }
-        ProtectCmd::Readout { state: OnOff::Off, .. } => {
+        ProtectCmd::Readout {
+            state: OnOff::Off, ..
+        } => {
             conn.session.readout_unprotect()?;
             "readout protection removed (level 0): the flash was mass-erased; the chip was reset and re-synced".to_string()
         }
-        ProtectCmd::Write { state: OnOff::On, .. } => {
+        ProtectCmd::Write {
+            state: OnOff::On, ..
+        } => {
             let codes = codes.unwrap_or_default();
             conn.session.write_protect(&codes)?;
             format!("write protection set for {codes:?}; the chip was reset and re-synced")
         }
-        ProtectCmd::Write { state: OnOff::Off, .. } => {
+        ProtectCmd::Write {
+            state: OnOff::Off, ..
+        } => {
             conn.session.write_unprotect()?;
             "write protection removed; the chip was reset and re-synced".to_string()
         }
     };
     finish(conn)?;
-    Ok(Outcome { json: json!({ "result": text }), text })
+    Ok(Outcome {
+        json: json!({ "result": text }),
+        text,
+    })
 }
 
 fn ports() -> Result<Outcome> {
@@ -496,23 +629,36 @@ fn ports() -> Result<Outcome> {
         let usb = match (p.vid, p.pid) {
             (Some(v), Some(d)) => format!(
                 "  USB {v:04X}:{d:04X}{}{}",
-                p.serial.as_deref().map(|s| format!(" serial {s}")).unwrap_or_default(),
-                p.product.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+                p.serial
+                    .as_deref()
+                    .map(|s| format!(" serial {s}"))
+                    .unwrap_or_default(),
+                p.product
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
             ),
             _ => String::new(),
         };
         text.push_str(&format!("{}{usb}\n", p.path));
     }
     if ports.is_empty() {
-        text.push_str("no serial ports found (the simulated target is always there: --port sim:stm32f411)");
+        text.push_str(
+            "no serial ports found (the simulated target is always there: --port sim:stm32f411)",
+        );
     }
-    Ok(Outcome { text: text.trim_end().to_string(), json: json!({ "ports": ports }) })
+    Ok(Outcome {
+        text: text.trim_end().to_string(),
+        json: json!({ "ports": ports }),
+    })
 }
 
 fn devices(filter: Option<&str>) -> Result<Outcome> {
     let table = DeviceTable::builtin()?;
     let f = filter.map(str::to_ascii_lowercase);
-    let pid_filter = filter.and_then(|s| super::args::parse_u32(s).ok()).filter(|_| filter.is_some_and(|s| s.starts_with("0x")));
+    let pid_filter = filter
+        .and_then(|s| super::args::parse_u32(s).ok())
+        .filter(|_| filter.is_some_and(|s| s.starts_with("0x")));
     let list: Vec<&Device> = table
         .devices()
         .iter()
@@ -526,7 +672,10 @@ fn devices(filter: Option<&str>) -> Result<Outcome> {
             (None, None) => true,
         })
         .collect();
-    let mut text = format!("{:<5} {:<22} {:<6} {:>8}  {}\n", "PID", "name", "family", "flash", "erase units");
+    let mut text = format!(
+        "{:<5} {:<22} {:<6} {:>8}  {}\n",
+        "PID", "name", "family", "flash", "erase units"
+    );
     for d in &list {
         text.push_str(&format!(
             "0x{:03X} {:<22} {:<6} {:>8}  {}\n",
@@ -560,10 +709,14 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the signal handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the signal handler")?;
     }
     // The path goes to stdout at once so that scripts can read it; the rest to stderr.
-    println!("{}", args.link.as_deref().unwrap_or(endpoint.path()).display());
+    println!(
+        "{}",
+        args.link.as_deref().unwrap_or(endpoint.path()).display()
+    );
     bars.note(Note::Info(format!(
         "simulating a {} on {} (8N1 on a pseudo-terminal); stop with Ctrl-C",
         target.chip().device().name,
@@ -575,5 +728,8 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
     if let Some(state) = &args.state {
         stm32boot::sim::state::save(target.chip(), state)?;
     }
-    Ok(Outcome { text: String::new(), json: json!({ "stopped": true }) })
+    Ok(Outcome {
+        text: String::new(),
+        json: json!({ "stopped": true }),
+    })
 }

@@ -219,7 +219,10 @@ impl Device {
 
     /// Start address of each bank.
     pub fn bank_start(&self, bank: u8) -> Option<u32> {
-        self.pages.iter().find(|p| p.bank == bank).map(|p| p.address)
+        self.pages
+            .iter()
+            .find(|p| p.bank == bank)
+            .map(|p| p.address)
     }
 
     /// Worst-case time to erase these pages, from the family's datasheet figures (5 s per page
@@ -332,12 +335,21 @@ mod tests {
         assert_eq!(
             starts,
             vec![
-                0x0800_0000, 0x0800_4000, 0x0800_8000, 0x0800_C000, 0x0801_0000, 0x0802_0000,
-                0x0804_0000, 0x0806_0000
+                0x0800_0000,
+                0x0800_4000,
+                0x0800_8000,
+                0x0800_C000,
+                0x0801_0000,
+                0x0802_0000,
+                0x0804_0000,
+                0x0806_0000
             ]
         );
         assert_eq!(d.pages.last().unwrap().end(), 0x0808_0000);
-        assert_eq!(d.pages.iter().map(|p| p.index).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert_eq!(
+            d.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -351,9 +363,17 @@ mod tests {
 
     #[test]
     fn smaller_flash_rederives_the_map() {
-        let d = table().by_pid(0x431).unwrap().with_flash_size(256 * 1024).unwrap();
+        let d = table()
+            .by_pid(0x431)
+            .unwrap()
+            .with_flash_size(256 * 1024)
+            .unwrap();
         assert_eq!(d.pages.len(), 6);
-        let l4 = table().by_pid(0x415).unwrap().with_flash_size(512 * 1024).unwrap();
+        let l4 = table()
+            .by_pid(0x415)
+            .unwrap()
+            .with_flash_size(512 * 1024)
+            .unwrap();
         assert_eq!(l4.pages.len(), 256);
         assert_eq!(l4.bank_start(2), Some(0x0804_0000));
     }
@@ -362,7 +382,10 @@ mod tests {
     fn pages_overlapping_is_exact() {
         let d = table().by_pid(0x431).unwrap();
         let idx = |s: u32, e: u64| {
-            d.pages_overlapping(s, e).iter().map(|p| p.index).collect::<Vec<_>>()
+            d.pages_overlapping(s, e)
+                .iter()
+                .map(|p| p.index)
+                .collect::<Vec<_>>()
         };
         assert_eq!(idx(0x0800_0000, 0x0800_0001), vec![0]);
         assert_eq!(idx(0x0800_3FFF, 0x0800_4001), vec![0, 1]);

@@ -156,10 +156,9 @@ fn parse_size(s: &Size, what: &str) -> std::result::Result<u32, String> {
                 Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
                 _ => (t, 1),
             };
-            num.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("{what}: '{t}' is not a size (use bytes, or e.g. \"16K\", \"1M\")"))?
-                * mult
+            num.trim().parse::<u64>().map_err(|_| {
+                format!("{what}: '{t}' is not a size (use bytes, or e.g. \"16K\", \"1M\")")
+            })? * mult
         }
     };
     u32::try_from(v).map_err(|_| format!("{what}: {v} does not fit in 32 bits"))
@@ -167,9 +166,7 @@ fn parse_size(s: &Size, what: &str) -> std::result::Result<u32, String> {
 
 fn parse_hex_bytes(text: &str, what: &str) -> std::result::Result<Vec<u8>, String> {
     text.split_whitespace()
-        .map(|t| {
-            u8::from_str_radix(t, 16).map_err(|_| format!("{what}: '{t}' is not a hex byte"))
-        })
+        .map(|t| u8::from_str_radix(t, 16).map_err(|_| format!("{what}: '{t}' is not a hex byte")))
         .collect()
 }
 
@@ -188,7 +185,9 @@ pub(super) fn layout(
         return Err(format!("{banks} banks: only 1 or 2 are supported"));
     }
     if size % u32::from(banks) != 0 {
-        return Err(format!("flash size {size} does not split into {banks} equal banks"));
+        return Err(format!(
+            "flash size {size} does not split into {banks} equal banks"
+        ));
     }
     let bank_size = size / u32::from(banks);
     let mut pages = Vec::new();
@@ -244,8 +243,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Vec<Device>> {
             .or_else(|| builtin_families.get(&entry.family))
             .cloned()
             .unwrap_or_default();
-        let dev = build(entry, &family)
-            .map_err(|e| Error::Device(format!("{origin}: {e}")))?;
+        let dev = build(entry, &family).map_err(|e| Error::Device(format!("{origin}: {e}")))?;
         out.push(dev);
     }
     Ok(out)
@@ -281,11 +279,19 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         rdp_unprotected: r.rdp_unprotected.or(fam.rdp_unprotected).unwrap_or(0xAA),
         ob_complement_offset: r.ob_complement_offset.or(fam.ob_complement_offset),
         erase_ms,
-        program_us_per_byte: r.program_us_per_byte.or(fam.program_us_per_byte).unwrap_or((10, 100)),
-        mass_erase_ms: r.mass_erase_ms.or(fam.mass_erase_ms).unwrap_or((1000, 35000)),
+        program_us_per_byte: r
+            .program_us_per_byte
+            .or(fam.program_us_per_byte)
+            .unwrap_or((10, 100)),
+        mass_erase_ms: r
+            .mass_erase_ms
+            .or(fam.mass_erase_ms)
+            .unwrap_or((1000, 35000)),
     };
     if !rules.program_unit.is_power_of_two() || !rules.write_align.is_power_of_two() {
-        return Err(format!("{who}: program_unit and write_align must be powers of two"));
+        return Err(format!(
+            "{who}: program_unit and write_align must be powers of two"
+        ));
     }
     let size = parse_size(&e.flash_size, &format!("{who}: flash_size"))?;
     let pattern = e
@@ -297,7 +303,11 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         .map_err(|m| format!("{who}: {m}"))?;
     let mut ob_default = Vec::new();
     let from_family = r.ob_default.is_empty();
-    let ob_src = if from_family { &fam.ob_default } else { &r.ob_default };
+    let ob_src = if from_family {
+        &fam.ob_default
+    } else {
+        &r.ob_default
+    };
     for ob in ob_src {
         let bytes = parse_hex_bytes(&ob.bytes, &format!("{who}: ob_default"))?;
         let fits = e
@@ -317,9 +327,15 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         }
         ob_default.push((ob.address, bytes));
     }
-    for w in [&e.ram, &e.system_memory].into_iter().chain(e.option_bytes.iter()) {
+    for w in [&e.ram, &e.system_memory]
+        .into_iter()
+        .chain(e.option_bytes.iter())
+    {
         if w.end < w.start {
-            return Err(format!("{who}: range 0x{:08X}-0x{:08X} ends before it starts", w.start, w.end));
+            return Err(format!(
+                "{who}: range 0x{:08X}-0x{:08X} ends before it starts",
+                w.start, w.end
+            ));
         }
     }
     let parts = if e.parts.is_empty() {
@@ -341,7 +357,10 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         system_memory: e.system_memory,
         option_bytes: e.option_bytes,
         otp: e.otp.map(|o| Otp {
-            range: AddrRange { start: o.start, end: o.end },
+            range: AddrRange {
+                start: o.start,
+                end: o.end,
+            },
             block_size: o.block_size,
             lock_start: o.lock_start,
         }),
@@ -381,7 +400,11 @@ mod tests {
         assert!(err.contains("part.toml") && err.contains("colour"), "{err}");
         let ok = text.replace("colour = \"red\"\n", "");
         let devs = parse(&ok, "part.toml").unwrap();
-        assert_eq!(devs[0].rules.reprogram, Reprogram::AndBits, "family rules come from the built-in F4");
+        assert_eq!(
+            devs[0].rules.reprogram,
+            Reprogram::AndBits,
+            "family rules come from the built-in F4"
+        );
         assert_eq!(devs[0].pages.len(), 4);
     }
 }

@@ -29,18 +29,19 @@ pub struct Connection {
 impl Connection {
     /// Re-identify after a command that reset the chip.
     pub fn refresh(&mut self) -> Result<()> {
-        let info = self
-            .session
-            .info()
-            .cloned()
-            .ok_or_else(|| Error::InvalidRequest("the session lost its bootloader info".into()))?;
+        let info =
+            self.session.info().cloned().ok_or_else(|| {
+                Error::InvalidRequest("the session lost its bootloader info".into())
+            })?;
         self.bootloader = info;
         Ok(())
     }
 
     /// Read the 96-bit unique device ID, where the part has one and reads are allowed.
     pub fn unique_id(&mut self) -> Result<Option<[u8; 12]>> {
-        let Some(addr) = self.device.uid else { return Ok(None) };
+        let Some(addr) = self.device.uid else {
+            return Ok(None);
+        };
         if self.read_protected {
             return Ok(None);
         }
@@ -69,18 +70,15 @@ pub fn connect(
             session.stray_bytes()
         )));
     }
-    let mut device = table
-        .by_pid(info.pid)
-        .cloned()
-        .ok_or_else(|| {
-            Error::Device(format!(
-                "PID 0x{:03X} is not in the device table (bootloader {}, commands: {}); describe \
+    let mut device = table.by_pid(info.pid).cloned().ok_or_else(|| {
+        Error::Device(format!(
+            "PID 0x{:03X} is not in the device table (bootloader {}, commands: {}); describe \
                  the part in a device file and pass --device-file",
-                info.pid,
-                info.version,
-                info.command_names()
-            ))
-        })?;
+            info.pid,
+            info.version,
+            info.command_names()
+        ))
+    })?;
     let mut read_protected = false;
     if !info.supports(Command::ReadMemory) {
         read_protected = true;

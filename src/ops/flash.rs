@@ -50,7 +50,9 @@ pub struct WriteOptions {
 pub fn plan_write(conn: &Connection, image: &Image, options: &PlanOptions) -> Result<FlashPlan> {
     let mut opts = options.clone();
     if !conn.bootloader.supports(Command::ExtendedErase) {
-        opts.max_pages_per_erase = opts.max_pages_per_erase.min(crate::protocol::MAX_LEGACY_ERASE_PAGES);
+        opts.max_pages_per_erase = opts
+            .max_pages_per_erase
+            .min(crate::protocol::MAX_LEGACY_ERASE_PAGES);
     }
     FlashPlan::new(&conn.device, image, &opts)
 }
@@ -81,7 +83,9 @@ pub fn write_image(
     progress.start(Stage::Write, total);
     let mut done = 0u64;
     for block in &plan.blocks {
-        conn.session.write_memory(block.address, &block.data).map_err(|e| at(e, block.address))?;
+        conn.session
+            .write_memory(block.address, &block.data)
+            .map_err(|e| at(e, block.address))?;
         done += block.data.len() as u64;
         report.blocks_written += 1;
         progress.update(Stage::Write, done);
@@ -96,7 +100,11 @@ pub fn write_image(
 
 fn at(e: Error, address: u32) -> Error {
     match e {
-        Error::Nack { command, phase, hint } => Error::Nack {
+        Error::Nack {
+            command,
+            phase,
+            hint,
+        } => Error::Nack {
             command,
             phase,
             hint: Some(format!(
@@ -124,7 +132,8 @@ pub fn run_erase(
         let (request, timeout) = match step {
             EraseStep::Mass => {
                 let (_, max) = conn.device.rules.mass_erase_ms;
-                let t = Duration::from_millis(u64::from(max)).max(conn.session.timeouts().mass_erase);
+                let t =
+                    Duration::from_millis(u64::from(max)).max(conn.session.timeouts().mass_erase);
                 (EraseRequest::Mass, t)
             }
             EraseStep::Pages(pages) => (
@@ -158,9 +167,19 @@ pub fn erase_bank(conn: &mut Connection, bank: u8, progress: &mut dyn Progress) 
             listed: conn.bootloader.command_names(),
         });
     }
-    let pages: Vec<Page> = conn.device.pages.iter().filter(|p| p.bank == bank).copied().collect();
+    let pages: Vec<Page> = conn
+        .device
+        .pages
+        .iter()
+        .filter(|p| p.bank == bank)
+        .copied()
+        .collect();
     progress.start(Stage::Erase, pages.len() as u64);
-    let request = if bank == 1 { EraseRequest::Bank1 } else { EraseRequest::Bank2 };
+    let request = if bank == 1 {
+        EraseRequest::Bank1
+    } else {
+        EraseRequest::Bank2
+    };
     let timeout = erase_timeout(conn, &pages).max(conn.session.timeouts().mass_erase);
     conn.session.erase(&request, timeout)?;
     progress.update(Stage::Erase, pages.len() as u64);
@@ -192,7 +211,12 @@ pub fn verify_image(
                 let lead = (first_word - addr) as usize;
                 let body = &data[lead..lead + (last_word - first_word) as usize];
                 let words = (body.len() / 4) as u32;
-                let crc = conn.session.get_checksum(first_word, words, DEFAULT_POLYNOMIAL, DEFAULT_INIT)?;
+                let crc = conn.session.get_checksum(
+                    first_word,
+                    words,
+                    DEFAULT_POLYNOMIAL,
+                    DEFAULT_INIT,
+                )?;
                 if crc != stm32_crc(body) {
                     // Find where: read the range back.
                     read_compare(conn, first_word, body, &mut |_| {})?;
@@ -214,12 +238,18 @@ pub fn verify_image(
             progress.update(Stage::Verify, done);
         } else {
             let base = done;
-            read_compare(conn, addr, data, &mut |n| progress.update(Stage::Verify, base + n))?;
+            read_compare(conn, addr, data, &mut |n| {
+                progress.update(Stage::Verify, base + n)
+            })?;
             done += data.len() as u64;
         }
     }
     progress.finish(Stage::Verify);
-    Ok(if use_crc { VerifyMethod::Crc } else { VerifyMethod::ReadBack })
+    Ok(if use_crc {
+        VerifyMethod::Crc
+    } else {
+        VerifyMethod::ReadBack
+    })
 }
 
 fn read_compare(
@@ -268,7 +298,9 @@ pub fn read_memory(
     progress: &mut dyn Progress,
 ) -> Result<Vec<u8>> {
     if len == 0 {
-        return Err(Error::InvalidRequest("nothing to read: the length is 0".into()));
+        return Err(Error::InvalidRequest(
+            "nothing to read: the length is 0".into(),
+        ));
     }
     if u64::from(addr) + u64::from(len) > 1 << 32 {
         return Err(Error::InvalidRequest(format!(
@@ -278,7 +310,8 @@ pub fn read_memory(
     let mut out = vec![0u8; len as usize];
     progress.start(Stage::Read, u64::from(len));
     for (i, chunk) in out.chunks_mut(MAX_BLOCK).enumerate() {
-        conn.session.read_memory(addr + (i * MAX_BLOCK) as u32, chunk)?;
+        conn.session
+            .read_memory(addr + (i * MAX_BLOCK) as u32, chunk)?;
         progress.update(Stage::Read, ((i * MAX_BLOCK) + chunk.len()) as u64);
     }
     progress.finish(Stage::Read);
@@ -300,7 +333,9 @@ pub fn checksum(
         )));
     }
     if conn.bootloader.supports(Command::GetChecksum) {
-        let crc = conn.session.get_checksum(addr, len / 4, DEFAULT_POLYNOMIAL, DEFAULT_INIT)?;
+        let crc = conn
+            .session
+            .get_checksum(addr, len / 4, DEFAULT_POLYNOMIAL, DEFAULT_INIT)?;
         Ok((crc, VerifyMethod::Crc))
     } else {
         let data = read_memory(conn, addr, len, progress)?;

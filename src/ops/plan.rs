@@ -125,9 +125,7 @@ impl FlashPlan {
         let erased = device.rules.erased;
         for window in windows(&flash_image) {
             for (start, data) in flash_blocks(&flash_image, window, unit, erased) {
-                if options.erase
-                    && options.skip_erased_blocks
-                    && data.iter().all(|&b| b == erased)
+                if options.erase && options.skip_erased_blocks && data.iter().all(|&b| b == erased)
                 {
                     plan.skipped_blocks += 1;
                     continue;
@@ -260,7 +258,11 @@ mod tests {
     use crate::device::DeviceTable;
 
     fn dev(part: &str) -> Device {
-        DeviceTable::builtin().unwrap().by_part(part).unwrap().clone()
+        DeviceTable::builtin()
+            .unwrap()
+            .by_part(part)
+            .unwrap()
+            .clone()
     }
 
     fn plan(d: &Device, img: &Image) -> FlashPlan {
@@ -276,8 +278,14 @@ mod tests {
         assert_eq!(idx, vec![0, 1]);
         assert_eq!(p.erase, vec![EraseStep::Pages(p.pages.clone())]);
         assert_eq!(p.blocks.len(), 0x50);
-        assert!(p.blocks.iter().all(|b| b.data.len() == 256 && b.address % 256 == 0));
-        assert_eq!(p.partial_pages.iter().map(|p| p.index).collect::<Vec<_>>(), vec![1]);
+        assert!(p
+            .blocks
+            .iter()
+            .all(|b| b.data.len() == 256 && b.address % 256 == 0));
+        assert_eq!(
+            p.partial_pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![1]
+        );
     }
 
     #[test]
@@ -287,7 +295,10 @@ mod tests {
         img.add(0x0800_0000, &[1; 16]).unwrap();
         img.add(0x0801_F000, &[2; 64]).unwrap();
         let p = plan(&d, &img);
-        assert_eq!(p.pages.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 62]);
+        assert_eq!(
+            p.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![0, 62]
+        );
         assert_eq!(p.blocks.len(), 2);
         assert_eq!(p.blocks[1].address, 0x0801_F000);
         assert_eq!(p.blocks[1].data.len(), 64);
@@ -316,7 +327,10 @@ mod tests {
         assert_eq!(p.skipped_blocks, 3);
         assert_eq!(p.blocks.len(), 1);
         assert_eq!(p.blocks[0].address, 0x0800_0200);
-        let no_erase = PlanOptions { erase: false, ..PlanOptions::for_device(&d) };
+        let no_erase = PlanOptions {
+            erase: false,
+            ..PlanOptions::for_device(&d)
+        };
         let p2 = FlashPlan::new(&d, &img, &no_erase).unwrap();
         assert_eq!(p2.blocks.len(), 4);
         assert!(p2.erase.is_empty());
@@ -364,7 +378,9 @@ mod tests {
         ];
         for (addr, why) in cases {
             let img = Image::from_bin(&[0; 32], addr).unwrap();
-            let e = FlashPlan::new(&d, &img, &PlanOptions::for_device(&d)).unwrap_err().to_string();
+            let e = FlashPlan::new(&d, &img, &PlanOptions::for_device(&d))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{addr:08X}: {e}");
         }
         let ram = Image::from_bin(&[1; 6], 0x2000_4000).unwrap();

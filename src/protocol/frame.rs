@@ -366,7 +366,10 @@ mod tests {
     fn address_frames_from_reference() {
         assert_eq!(u32_field(0x0800_0000), [0x08, 0x00, 0x00, 0x00, 0x08]);
         assert_eq!(u32_field(0x0800_0100), [0x08, 0x00, 0x01, 0x00, 0x09]);
-        assert_eq!(parse_u32_field(&[0x08, 0x00, 0x01, 0x00, 0x09]), Some(0x0800_0100));
+        assert_eq!(
+            parse_u32_field(&[0x08, 0x00, 0x01, 0x00, 0x09]),
+            Some(0x0800_0100)
+        );
         assert_eq!(parse_u32_field(&[0x08, 0x00, 0x01, 0x00, 0x08]), None);
     }
 
@@ -417,7 +420,10 @@ mod tests {
 
     #[test]
     fn write_protect_frame_from_reference() {
-        assert_eq!(write_protect_frame(&[0, 1]).unwrap(), vec![0x01, 0x00, 0x01, 0x00]);
+        assert_eq!(
+            write_protect_frame(&[0, 1]).unwrap(),
+            vec![0x01, 0x00, 0x01, 0x00]
+        );
     }
 
     #[test]

@@ -156,7 +156,11 @@ impl Chip {
         {
             return Some(Area::DeviceInfo);
         }
-        if self.has_voltage_register() && addr >= VOLTAGE_RANGE_REGISTER && len <= 4 && u64::from(addr) + len <= u64::from(VOLTAGE_RANGE_REGISTER) + 4 {
+        if self.has_voltage_register()
+            && addr >= VOLTAGE_RANGE_REGISTER
+            && len <= 4
+            && u64::from(addr) + len <= u64::from(VOLTAGE_RANGE_REGISTER) + 4
+        {
             return Some(Area::VoltageRange);
         }
         None
@@ -183,7 +187,8 @@ impl Chip {
 
     fn peek_area(&self, area: Area, addr: u32, len: usize) -> Vec<u8> {
         let d = &self.device;
-        let slice = |v: &[u8], base: u32| v[(addr - base) as usize..(addr - base) as usize + len].to_vec();
+        let slice =
+            |v: &[u8], base: u32| v[(addr - base) as usize..(addr - base) as usize + len].to_vec();
         match area {
             Area::Flash => slice(&self.flash, d.flash.start),
             Area::Ram | Area::BootloaderRam => slice(&self.ram, d.ram.start),
@@ -211,6 +216,18 @@ impl Chip {
             Area::VoltageRange => Some(Area::VoltageRange),
             _ => None,
         }
+    }
+
+    /// Whether the ROM accepts this data for the area (the F2/F4/F7 supply-range register takes
+    /// a value 0-4 in its first byte and 0xFF in the three others; anything else is NACKed).
+    pub fn accepts(&self, area: Area, addr: u32, data: &[u8]) -> bool {
+        if area != Area::VoltageRange {
+            return true;
+        }
+        let off = (addr - VOLTAGE_RANGE_REGISTER) as usize;
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| if off + i == 0 { b <= 4 } else { b == 0xFF })
     }
 
     /// Perform a Write Memory whose address and checksum were accepted. Returns whether the
@@ -441,7 +458,12 @@ impl Chip {
     }
 
     fn set_ob_byte(&mut self, addr: u32, value: u8) {
-        if let Some(i) = self.device.option_bytes.iter().position(|w| w.contains(addr)) {
+        if let Some(i) = self
+            .device
+            .option_bytes
+            .iter()
+            .position(|w| w.contains(addr))
+        {
             let off = (addr - self.device.option_bytes[i].start) as usize;
             self.option_bytes[i][off] = value;
         }
@@ -457,7 +479,9 @@ impl Chip {
 
     /// Readout protection level: 0, 1 or 2.
     pub fn rdp_level(&self) -> u8 {
-        let Some(addr) = self.device.rules.rdp_address else { return 0 };
+        let Some(addr) = self.device.rules.rdp_address else {
+            return 0;
+        };
         match self.ob_byte(addr) {
             Some(v) if v == self.device.rules.rdp_unprotected => 0,
             Some(0xCC) if self.device.rules.rdp_unprotected == 0xAA => 2,
@@ -484,11 +508,15 @@ impl Chip {
 
     /// Whether the page holding `addr` is write-protected by the option bytes.
     pub fn is_write_protected(&self, addr: u32) -> bool {
-        let Some(page) = self.device.page_at(addr).copied() else { return false };
+        let Some(page) = self.device.page_at(addr).copied() else {
+            return false;
+        };
         match self.device.rules.wrp {
             WrpScheme::None => false,
             WrpScheme::F4Nwrp => {
-                let Some(w) = self.device.option_bytes.first() else { return false };
+                let Some(w) = self.device.option_bytes.first() else {
+                    return false;
+                };
                 let (lo, hi) = (self.ob_byte(w.start + 8), self.ob_byte(w.start + 9));
                 match (lo, hi) {
                     (Some(lo), Some(hi)) if page.index < 12 => {
@@ -523,7 +551,9 @@ impl Chip {
         match self.device.rules.wrp {
             WrpScheme::None => {}
             WrpScheme::F4Nwrp => {
-                let Some(w) = self.device.option_bytes.first().copied() else { return };
+                let Some(w) = self.device.option_bytes.first().copied() else {
+                    return;
+                };
                 let mut nwrp: u16 = 0x0FFF;
                 for &c in codes {
                     if c < 12 {
@@ -577,7 +607,11 @@ mod tests {
     use crate::device::DeviceTable;
 
     fn chip(part: &str) -> Chip {
-        let d = DeviceTable::builtin().unwrap().by_part(part).unwrap().clone();
+        let d = DeviceTable::builtin()
+            .unwrap()
+            .by_part(part)
+            .unwrap()
+            .clone();
         Chip::new(d, [1; 12])
     }
 
@@ -594,7 +628,10 @@ mod tests {
         let mut c = chip("stm32l476");
         c.write(Area::Flash, 0x0800_0000, &[1, 2, 3, 4, 5, 6, 7, 8]);
         c.write(Area::Flash, 0x0800_0000, &[0, 0, 0, 0, 5, 6, 7, 8]);
-        assert_eq!(c.read(0x0800_0000, 8).unwrap(), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            c.read(0x0800_0000, 8).unwrap(),
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
+        );
         assert_eq!(c.program_stats(), (2, 1));
         // Writing all zeros is allowed.
         c.write(Area::Flash, 0x0800_0000, &[0; 8]);
@@ -605,9 +642,16 @@ mod tests {
     fn l4_half_double_word_write_pads_and_blocks_the_rest() {
         let mut c = chip("stm32l476");
         c.write(Area::Flash, 0x0800_0010, &[1, 2, 3, 4]);
-        assert_eq!(c.read(0x0800_0010, 8).unwrap(), vec![1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(
+            c.read(0x0800_0010, 8).unwrap(),
+            vec![1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF]
+        );
         c.write(Area::Flash, 0x0800_0014, &[9, 9, 9, 9]);
-        assert_eq!(c.read(0x0800_0014, 4).unwrap(), vec![0xFF; 4], "the double word was already programmed");
+        assert_eq!(
+            c.read(0x0800_0014, 4).unwrap(),
+            vec![0xFF; 4],
+            "the double word was already programmed"
+        );
     }
 
     #[test]
@@ -633,7 +677,10 @@ mod tests {
         c.write_unprotect();
         c.erase_pages(&[1]);
         assert_eq!(c.read(0x0800_4000, 4).unwrap(), vec![0xFF; 4]);
-        assert_eq!(c.read(0x1FFF_C008, 4).unwrap(), vec![0xFF, 0x0F, 0x00, 0xF0]);
+        assert_eq!(
+            c.read(0x1FFF_C008, 4).unwrap(),
+            vec![0xFF, 0x0F, 0x00, 0xF0]
+        );
     }
 
     #[test]
@@ -643,7 +690,10 @@ mod tests {
         assert!(c.is_write_protected(0x0800_1000));
         assert!(c.is_write_protected(0x0800_1800));
         assert!(!c.is_write_protected(0x0800_2000));
-        assert!(c.is_write_protected(0x0808_0000), "WRP2A covers bank 2 page 0");
+        assert!(
+            c.is_write_protected(0x0808_0000),
+            "WRP2A covers bank 2 page 0"
+        );
         c.write_unprotect();
         assert!(!c.is_write_protected(0x0800_1000));
     }
@@ -655,7 +705,10 @@ mod tests {
         c.write(Area::Flash, 0x0800_0000, &[0x12; 4]);
         c.set_rdp_level1();
         assert_eq!(c.rdp_level(), 1);
-        assert_eq!(c.read(0x1FFF_C000, 4).unwrap(), vec![0xEC, 0xBB, 0x13, 0x44]);
+        assert_eq!(
+            c.read(0x1FFF_C000, 4).unwrap(),
+            vec![0xEC, 0xBB, 0x13, 0x44]
+        );
         c.readout_unprotect();
         assert_eq!(c.rdp_level(), 0);
         assert_eq!(c.read(0x0800_0000, 4).unwrap(), vec![0xFF; 4]);
@@ -667,10 +720,25 @@ mod tests {
         assert_eq!(c.area(0x2000_0000, 4), Some(Area::BootloaderRam));
         assert_eq!(c.area(0x2000_3000, 4), Some(Area::Ram));
         assert!(c.read(0x2000_0000, 4).is_none());
-        assert_eq!(c.write_target(0x1FFF_C004, 4), None, "option bytes are written from their base");
-        assert_eq!(c.write_target(0x1FFF_0000, 4), None, "system memory is read-only");
+        assert_eq!(
+            c.write_target(0x1FFF_C004, 4),
+            None,
+            "option bytes are written from their base"
+        );
+        assert_eq!(
+            c.write_target(0x1FFF_0000, 4),
+            None,
+            "system memory is read-only"
+        );
         assert_eq!(c.read(0x1FFF_7A22, 2).unwrap(), vec![0x00, 0x02], "512 KiB");
-        assert_eq!(c.read(0x1FFF_76DE, 1).unwrap(), vec![0xD0], "bootloader ID byte");
-        assert!(c.read(0x0807_FFFF, 2).is_none(), "a read may not run off the end of flash");
+        assert_eq!(
+            c.read(0x1FFF_76DE, 1).unwrap(),
+            vec![0xD0],
+            "bootloader ID byte"
+        );
+        assert!(
+            c.read(0x0807_FFFF, 2).is_none(),
+            "a read may not run off the end of flash"
+        );
     }
 }

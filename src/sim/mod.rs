@@ -61,8 +61,8 @@ impl SimSpec {
                 "version" => {
                     out.version = Some(parse_u8(v).ok_or_else(|| {
                         Error::InvalidRequest(format!(
-                            "sim option version={v}: give a protocol version byte such as 0x31 or 0x33"
-                        ))
+                        "sim option version={v}: give a protocol version byte such as 0x31 or 0x33"
+                    ))
                     })?)
                 }
                 "flash" => out.flash_size = Some(parse_size(v)?),
@@ -162,7 +162,9 @@ mod tests {
         assert_eq!(s.state, Some(PathBuf::from("/tmp/x.sim")));
         assert_eq!(s.version, Some(0x33));
         assert_eq!(s.flash_size, Some(256 * 1024));
-        let e = SimSpec::parse("stm32f411?colour=red").unwrap_err().to_string();
+        let e = SimSpec::parse("stm32f411?colour=red")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour") && e.contains("state, version"), "{e}");
         assert!(SimSpec::parse("?state=x").is_err());
     }
@@ -170,7 +172,10 @@ mod tests {
     #[test]
     fn version_override_lists_get_checksum() {
         let t = DeviceTable::builtin().unwrap();
-        let target = SimSpec::parse("stm32f411?version=0x33").unwrap().build(t).unwrap();
+        let target = SimSpec::parse("stm32f411?version=0x33")
+            .unwrap()
+            .build(t)
+            .unwrap();
         assert_eq!(target.chip().device().pid, 0x431);
         let s = SimSpec::parse("stm32nothing").unwrap();
         assert!(s.build(t).is_err());

@@ -27,8 +27,8 @@ pub struct PtyEndpoint {
 impl PtyEndpoint {
     /// Create the pair; with `symlink`, also make a stable path that points at the slave.
     pub fn open(symlink: Option<&Path>) -> Result<PtyEndpoint> {
-        let pty = openpty(None, None)
-            .map_err(|e| Error::io("creating a pseudo-terminal", e.into()))?;
+        let pty =
+            openpty(None, None).map_err(|e| Error::io("creating a pseudo-terminal", e.into()))?;
         let mut t = tcgetattr(&pty.slave)
             .map_err(|e| Error::io("reading pseudo-terminal settings", e.into()))?;
         cfmakeraw(&mut t);

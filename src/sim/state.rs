@@ -85,7 +85,10 @@ pub fn load(chip: &mut Chip, path: &Path) -> Result<()> {
     }
     let total = header.flash + header.option_bytes.iter().sum::<usize>() + header.otp;
     if body.len() != total {
-        return Err(bad(&format!("{} bytes of memory, expected {total}", body.len())));
+        return Err(bad(&format!(
+            "{} bytes of memory, expected {total}",
+            body.len()
+        )));
     }
     let (flash, mut rest) = body.split_at(header.flash);
     chip.flash.copy_from_slice(flash);

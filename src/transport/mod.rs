@@ -6,7 +6,7 @@ pub mod sim;
 
 use crate::device::DeviceTable;
 use crate::error::{Error, Result};
-use crate::link::{Link, LineSettings};
+use crate::link::{LineSettings, Link};
 use crate::sim::SimSpec;
 
 /// Where to reach the bootloader, parsed from `--port`.
@@ -56,12 +56,18 @@ mod tests {
 
     #[test]
     fn port_specs() {
-        assert!(matches!(PortSpec::parse("sim:stm32f411").unwrap(), PortSpec::Sim(_)));
+        assert!(matches!(
+            PortSpec::parse("sim:stm32f411").unwrap(),
+            PortSpec::Sim(_)
+        ));
         assert_eq!(
             PortSpec::parse("/dev/ttyUSB0").unwrap(),
             PortSpec::Serial("/dev/ttyUSB0".into())
         );
         assert!(PortSpec::parse("").is_err());
-        assert!(PortSpec::parse("tcp://host:1").unwrap_err().to_string().contains("ser2net"));
+        assert!(PortSpec::parse("tcp://host:1")
+            .unwrap_err()
+            .to_string()
+            .contains("ser2net"));
     }
 }

@@ -56,7 +56,9 @@ impl SerialLink {
 fn open_hint(e: &serialport::Error) -> String {
     let base = e.to_string();
     match e.kind() {
-        serialport::ErrorKind::NoDevice => format!("{base}: is the adapter plugged in? `stm32boot ports` lists ports"),
+        serialport::ErrorKind::NoDevice => {
+            format!("{base}: is the adapter plugged in? `stm32boot ports` lists ports")
+        }
         serialport::ErrorKind::Io(ErrorKind::NotFound) => {
             format!("{base}: no such port; `stm32boot ports` lists ports")
         }
@@ -111,7 +113,11 @@ impl Link for SerialLink {
     }
 
     fn set_break(&mut self, on: bool) -> Result<(), LinkError> {
-        let r = if on { self.port.set_break() } else { self.port.clear_break() };
+        let r = if on {
+            self.port.set_break()
+        } else {
+            self.port.clear_break()
+        };
         r.map_err(|e| self.unsupported("a break condition", e))
     }
 

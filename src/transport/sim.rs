@@ -134,7 +134,11 @@ impl Link for SimLink {
     }
 
     fn describe(&self) -> String {
-        format!("simulated {} (sim:{})", self.target.chip().device().name, self.spec.part)
+        format!(
+            "simulated {} (sim:{})",
+            self.target.chip().device().name,
+            self.spec.part
+        )
     }
 
     fn close(&mut self) -> std::result::Result<(), LinkError> {
