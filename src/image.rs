@@ -952,10 +952,10 @@ mod tests {
 
     /// Writes `content` to a temporary file with the given name.
     fn temp_file(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join(name);
-        let mut file = std::fs::File::create(&path).unwrap();
-        file.write_all(content).unwrap();
+        let mut file = std::fs::File::create(&path).expect("test setup");
+        file.write_all(content).expect("test setup");
         (dir, path)
     }
 
@@ -968,7 +968,7 @@ mod tests {
     #[test]
     fn bin_loads_at_given_address() {
         let (_dir, path) = temp_file("fw.bin", &[1, 2, 3, 4]);
-        let image = Image::load(&path, None, Some(0x0800_0000)).unwrap();
+        let image = Image::load(&path, None, Some(0x0800_0000)).expect("test setup");
         assert_eq!(segs(&image), vec![(0x0800_0000, vec![1, 2, 3, 4])]);
         assert_eq!(image.entry(), None);
         assert_eq!(image.start(), Some(0x0800_0000));
@@ -1000,7 +1000,7 @@ mod tests {
         let (_dir2, other) = temp_file("fw.dat", &[1, 2, 3]);
         let err = Image::load(&other, Some(ImageFormat::Bin), None).unwrap_err();
         assert!(matches!(err, ImageError::NeedAddress { .. }), "{err:?}");
-        let image = Image::load(&other, Some(ImageFormat::Bin), Some(0x100)).unwrap();
+        let image = Image::load(&other, Some(ImageFormat::Bin), Some(0x100)).expect("test setup");
         assert_eq!(segs(&image), vec![(0x100, vec![1, 2, 3])]);
     }
 
@@ -1028,7 +1028,7 @@ mod tests {
             "{msg}"
         );
         // Without the address it loads.
-        let image = Image::load(&path, None, None).unwrap();
+        let image = Image::load(&path, None, None).expect("test setup");
         assert_eq!(segs(&image), vec![(0, vec![0x55])]);
     }
 
@@ -1037,13 +1037,13 @@ mod tests {
         let (_dir, path) = temp_file("fw.dat", &[0xFF, 0x00, 0x12]);
         let err = Image::load(&path, None, None).unwrap_err();
         assert!(matches!(err, ImageError::UnknownFormat { .. }), "{err:?}");
-        let image = Image::load(&path, None, Some(0x2000)).unwrap();
+        let image = Image::load(&path, None, Some(0x2000)).expect("test setup");
         assert_eq!(segs(&image), vec![(0x2000, vec![0xFF, 0x00, 0x12])]);
     }
 
     #[test]
     fn missing_file_names_path() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("nope.hex");
         let err = Image::load(&path, None, None).unwrap_err();
         assert!(matches!(err, ImageError::Io { .. }), "{err:?}");
@@ -1074,7 +1074,7 @@ mod tests {
 
     #[test]
     fn ihex_extended_linear_is_sparse() {
-        let image = Image::from_ihex(LINEAR_HEX).unwrap();
+        let image = Image::from_ihex(LINEAR_HEX).expect("test setup");
         let mut first: Vec<u8> = (0..16).collect();
         first.extend([0xAA, 0xBB, 0xCC, 0xDD]);
         assert_eq!(
@@ -1095,8 +1095,8 @@ mod tests {
     #[test]
     fn ihex_crlf_blank_lines_and_data_after_eof() {
         let text = LINEAR_HEX.replace('\n', "\r\n\r\n") + ":garbage after EOF\n";
-        let image = Image::from_ihex(&text).unwrap();
-        assert_eq!(image, Image::from_ihex(LINEAR_HEX).unwrap());
+        let image = Image::from_ihex(&text).expect("test setup");
+        assert_eq!(image, Image::from_ihex(LINEAR_HEX).expect("test setup"));
     }
 
     #[test]
@@ -1107,7 +1107,7 @@ mod tests {
 :0400000312000010D7
 :00000001FF
 ";
-        let image = Image::from_ihex(text).unwrap();
+        let image = Image::from_ihex(text).expect("test setup");
         // 0x1200 * 16 + 0x0010
         assert_eq!(segs(&image), vec![(0x12010, vec![0xDE, 0xAD, 0xBE, 0xEF])]);
         assert_eq!(image.entry(), Some(0x12010));
@@ -1181,18 +1181,18 @@ mod tests {
     fn ihex_round_trip_across_64k_boundary() {
         let mut image = Image::new();
         let big: Vec<u8> = (0..100u32).map(|i| (i * 7) as u8).collect();
-        image.add(0x0800_FFD0, &big).unwrap(); // spans 0x0801_0000
-        image.add(0x0802_0005, &[9, 8, 7]).unwrap();
-        image.add(0xFFFF_FFFE, &[1, 2]).unwrap();
+        image.add(0x0800_FFD0, &big).expect("test setup"); // spans 0x0801_0000
+        image.add(0x0802_0005, &[9, 8, 7]).expect("test setup");
+        image.add(0xFFFF_FFFE, &[1, 2]).expect("test setup");
         image.entry = Some(0x0800_FFD1);
-        let text = image.to_ihex().unwrap();
+        let text = image.to_ihex().expect("test setup");
         assert!(text.contains(":020000040801F1"), "{text}");
         assert!(text.ends_with(":00000001FF\n"), "{text}");
         // No data record crosses the 64 KiB boundary.
         for line in text.lines() {
             assert!(line.len() <= 1 + 2 * (5 + 16), "{line}");
         }
-        let back = Image::from_ihex(&text).unwrap();
+        let back = Image::from_ihex(&text).expect("test setup");
         assert_eq!(back, image);
         assert_eq!(back.segment_count(), 3);
     }
@@ -1200,10 +1200,10 @@ mod tests {
     #[test]
     fn one_mebibyte_loads_quickly() {
         let data: Vec<u8> = (0..1u32 << 20).map(|i| (i ^ (i >> 8)) as u8).collect();
-        let image = Image::from_bin(&data, 0x0800_0000).unwrap();
-        let text = image.to_ihex().unwrap();
+        let image = Image::from_bin(&data, 0x0800_0000).expect("test setup");
+        let text = image.to_ihex().expect("test setup");
         let started = std::time::Instant::now();
-        let back = Image::from_ihex(&text).unwrap();
+        let back = Image::from_ihex(&text).expect("test setup");
         assert_eq!(back, image);
         // Records in reverse order (each 64 KiB block after its extended
         // address record): still one segment, and no quadratic merging.
@@ -1213,7 +1213,7 @@ mod tests {
             if line.starts_with(":02000004") {
                 blocks.push(vec![line]);
             } else {
-                blocks.last_mut().unwrap().push(line);
+                blocks.last_mut().expect("test setup").push(line);
             }
         }
         let mut reversed = String::new();
@@ -1226,7 +1226,7 @@ mod tests {
             }
         }
         reversed.push_str(eof);
-        let back = Image::from_ihex(&reversed).unwrap();
+        let back = Image::from_ihex(&reversed).expect("test setup");
         assert_eq!(back, image);
         assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
     }
@@ -1244,7 +1244,7 @@ S705080001C52C
 
     #[test]
     fn srec_s3_records() {
-        let image = Image::from_srec(SREC).unwrap();
+        let image = Image::from_srec(SREC).expect("test setup");
         let mut first: Vec<u8> = (0..16).collect();
         first.extend([0xAA, 0xBB]);
         assert_eq!(
@@ -1257,10 +1257,10 @@ S705080001C52C
     #[test]
     fn srec_s1_and_s2_records() {
         let text = "S106100011223383\nS104100344A4\nS9031000EC\n";
-        let image = Image::from_srec(text).unwrap();
+        let image = Image::from_srec(text).expect("test setup");
         assert_eq!(segs(&image), vec![(0x1000, vec![0x11, 0x22, 0x33, 0x44])]);
         assert_eq!(image.entry(), Some(0x1000));
-        let image = Image::from_srec("S2051234560955\nS8041234565F\n").unwrap();
+        let image = Image::from_srec("S2051234560955\nS8041234565F\n").expect("test setup");
         assert_eq!(segs(&image), vec![(0x12_3456, vec![9])]);
         assert_eq!(image.entry(), Some(0x12_3456));
     }
@@ -1269,7 +1269,7 @@ S705080001C52C
     fn srec_non_utf8_header_is_ignored() {
         // S0 with bytes 0xFF 0xFE as header text; "load" goes through lossy
         // UTF-8 only for invalid bytes in the file, here the hex text is ASCII.
-        let image = Image::from_srec("S0050000FFFEFD\nS104100344A4\n").unwrap();
+        let image = Image::from_srec("S0050000FFFEFD\nS104100344A4\n").expect("test setup");
         assert_eq!(segs(&image), vec![(0x1003, vec![0x44])]);
     }
 
@@ -1460,14 +1460,14 @@ S705080001C52C
             },
         ];
         let elf = build_elf(false, false, 0x0800_0101, &phdrs);
-        let image = Image::from_elf(&elf).unwrap();
+        let image = Image::from_elf(&elf).expect("test setup");
         assert_eq!(segs(&image), vec![(0x0800_1000, data.to_vec())]);
         assert_eq!(image.entry(), Some(0x0800_0101));
         assert_eq!(image.get(0x2000_0000), None);
         assert_eq!(image.get(0x0800_1008), None, "bss must not be loaded");
 
         let (_dir, path) = temp_file("firmware", &elf);
-        assert_eq!(Image::load(&path, None, None).unwrap(), image);
+        assert_eq!(Image::load(&path, None, None).expect("test setup"), image);
     }
 
     #[test]
@@ -1477,7 +1477,7 @@ S705080001C52C
         for is64 in [false, true] {
             for big in [false, true] {
                 let elf = build_elf(is64, big, 0x0800_0009, &sample_phdrs(&text, &data));
-                let image = Image::from_elf(&elf).unwrap();
+                let image = Image::from_elf(&elf).expect("test setup");
                 assert_eq!(
                     segs(&image),
                     vec![(0x0800_0000, text.clone()), (0x0800_1000, data.to_vec())],
@@ -1520,7 +1520,7 @@ S705080001C52C
     #[test]
     fn overlap_is_an_error_at_both_ends() {
         let mut image = Image::new();
-        image.add(0x100, &[0; 0x10]).unwrap();
+        image.add(0x100, &[0; 0x10]).expect("test setup");
         let before = image.clone();
         // Partial overlap at the start of the existing segment.
         let err = image.add(0xF8, &[1; 0x10]).unwrap_err();
@@ -1563,13 +1563,13 @@ S705080001C52C
     #[test]
     fn adjacent_data_merges() {
         let mut image = Image::new();
-        image.add(0x10, &[2, 2]).unwrap();
-        image.add(0x20, &[4]).unwrap();
+        image.add(0x10, &[2, 2]).expect("test setup");
+        image.add(0x20, &[4]).expect("test setup");
         assert_eq!(image.segment_count(), 2);
-        image.add(0x0E, &[1, 1]).unwrap(); // before
-        image.add(0x12, &[3; 14]).unwrap(); // bridges both
-        image.add(0x21, &[5]).unwrap(); // after
-        image.add(0x30, &[]).unwrap(); // no-op
+        image.add(0x0E, &[1, 1]).expect("test setup"); // before
+        image.add(0x12, &[3; 14]).expect("test setup"); // bridges both
+        image.add(0x21, &[5]).expect("test setup"); // after
+        image.add(0x30, &[]).expect("test setup"); // no-op
         let mut expected = vec![1, 1, 2, 2];
         expected.extend([3; 14]);
         expected.extend([4, 5]);
@@ -1583,7 +1583,7 @@ S705080001C52C
     #[test]
     fn add_past_end_of_address_space_fails() {
         let mut image = Image::new();
-        image.add(0xFFFF_FFFF, &[1]).unwrap();
+        image.add(0xFFFF_FFFF, &[1]).expect("test setup");
         assert_eq!(image.end(), Some(0x1_0000_0000));
         let err = image.add(0xFFFF_FFF0, &[0; 0x20]).unwrap_err();
         assert!(matches!(err, ImageError::AddressOverflow { .. }), "{err:?}");
@@ -1594,9 +1594,9 @@ S705080001C52C
     #[test]
     fn slice_across_segments() {
         let mut image = Image::new();
-        image.add(0x100, &[1, 2, 3, 4]).unwrap();
-        image.add(0x108, &[5, 6, 7, 8]).unwrap();
-        image.add(0x200, &[9]).unwrap();
+        image.add(0x100, &[1, 2, 3, 4]).expect("test setup");
+        image.add(0x108, &[5, 6, 7, 8]).expect("test setup");
+        image.add(0x200, &[9]).expect("test setup");
         assert_eq!(
             image.slice(0x102, 0x8),
             vec![(0x102, &[3u8, 4][..]), (0x108, &[5u8, 6][..])]
@@ -1614,8 +1614,8 @@ S705080001C52C
     #[test]
     fn to_dense_fills_gaps() {
         let mut image = Image::new();
-        image.add(0x100, &[1, 2]).unwrap();
-        image.add(0x104, &[3]).unwrap();
+        image.add(0x100, &[1, 2]).expect("test setup");
+        image.add(0x104, &[3]).expect("test setup");
         assert_eq!(
             image.to_dense(0xFF, 8, 0xFF),
             vec![0xFF, 1, 2, 0xFF, 0xFF, 3, 0xFF, 0xFF]
@@ -1625,13 +1625,13 @@ S705080001C52C
 
     #[test]
     fn relocate_moves_data_and_entry() {
-        let mut image = Image::from_ihex(LINEAR_HEX).unwrap();
-        let moved = image.relocate(0x4000).unwrap();
+        let mut image = Image::from_ihex(LINEAR_HEX).expect("test setup");
+        let moved = image.relocate(0x4000).expect("test setup");
         assert_eq!(moved.start(), Some(0x0800_4000));
         assert_eq!(moved.segment_count(), 2);
         assert_eq!(moved.entry(), Some(0x0800_41C5));
-        assert_eq!(moved.relocate(-0x4000).unwrap(), image);
-        let down = image.relocate(-0x0800_0000).unwrap();
+        assert_eq!(moved.relocate(-0x4000).expect("test setup"), image);
+        let down = image.relocate(-0x0800_0000).expect("test setup");
         assert_eq!(down.start(), Some(0));
         assert!(matches!(
             image.relocate(-0x0800_0001),
@@ -1641,7 +1641,7 @@ S705080001C52C
         assert!(image.relocate(i64::MAX).is_err());
         assert!(image.relocate(i64::MIN).is_err());
         image.entry = None;
-        assert_eq!(image.relocate(0).unwrap(), image);
+        assert_eq!(image.relocate(0).expect("test setup"), image);
     }
 
     #[test]

@@ -877,7 +877,7 @@ mod tests {
         let mut steps = connect_steps(version, codes);
         steps.extend(rest);
         let (mut s, h) = session(steps);
-        s.connect().unwrap();
+        s.connect().expect("test setup");
         (s, h)
     }
 
@@ -895,7 +895,7 @@ mod tests {
     #[test]
     fn sync_ack_is_synced() {
         let (mut s, h) = session(vec![step(&[0x7F], &[0x79])]);
-        assert_eq!(s.sync().unwrap(), SyncOutcome::Synced);
+        assert_eq!(s.sync().expect("test setup"), SyncOutcome::Synced);
         assert_eq!(s.stray_bytes(), 0);
         h.assert_done();
     }
@@ -903,14 +903,14 @@ mod tests {
     #[test]
     fn sync_nack_is_already_synced() {
         let (mut s, h) = session(vec![step(&[0x7F], &[0x1F])]);
-        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
+        assert_eq!(s.sync().expect("test setup"), SyncOutcome::AlreadySynced);
         h.assert_done();
     }
 
     #[test]
     fn sync_skips_stray_bytes() {
         let (mut s, h) = session(vec![step(&[0x7F], &[0x00, 0x00, 0x79])]);
-        assert_eq!(s.sync().unwrap(), SyncOutcome::Synced);
+        assert_eq!(s.sync().expect("test setup"), SyncOutcome::Synced);
         assert_eq!(s.stray_bytes(), 2);
         h.assert_done();
     }
@@ -919,7 +919,7 @@ mod tests {
     fn sync_retries_after_silence_and_accepts_nack() {
         // stm32flash's case: the first 7F completes a half-received command, the second is NACKed.
         let (mut s, h) = session(vec![step(&[0x7F], &[]), step(&[0x7F], &[0x1F])]);
-        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
+        assert_eq!(s.sync().expect("test setup"), SyncOutcome::AlreadySynced);
         h.assert_done();
     }
 
@@ -957,7 +957,7 @@ mod tests {
             ),
             step(&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x13, 0x79]),
         ]);
-        let info = s.connect().unwrap().clone();
+        let info = s.connect().expect("test setup").clone();
         assert_eq!(info.pid, 0x413);
         assert_eq!(info.version.to_string(), "3.1");
         assert_eq!(info.commands, V31.to_vec());
@@ -975,7 +975,7 @@ mod tests {
         let mut steps = connect_steps(0x31, &V31);
         steps[1] = step(&[0x01, 0xFE], &[0x79, 0x79, 0x31, 0x00, 0x00, 0x79]);
         let (mut s, h) = session(steps);
-        let info = s.connect().unwrap().clone();
+        let info = s.connect().expect("test setup").clone();
         assert!(info.extra_ack);
         assert_eq!(info.version, ProtocolVersion(0x31));
         assert_eq!(info.pid, 0x413);
@@ -986,7 +986,7 @@ mod tests {
     fn get_version_returns_version_and_option_bytes() {
         let (mut s, h) = session(vec![step(&[0x01, 0xFE], &[0x79, 0x22, 0x00, 0x00, 0x79])]);
         assert_eq!(
-            s.get_version().unwrap(),
+            s.get_version().expect("test setup"),
             (ProtocolVersion(0x22), [0x00, 0x00])
         );
         h.assert_done();
@@ -1003,7 +1003,7 @@ mod tests {
             (vec![0xFF, 0x00], reply),
         ]);
         let mut buf = [0u8; 256];
-        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
         assert_eq!(buf.to_vec(), data);
         h.assert_done();
     }
@@ -1028,7 +1028,7 @@ mod tests {
             step(&[0x03, 0xDE, 0xAD, 0xBE, 0xEF, 0x21], &[0x79]),
         ]);
         s.write_memory(0x0800_0100, &[0xDE, 0xAD, 0xBE, 0xEF])
-            .unwrap();
+            .expect("test setup");
         h.assert_done();
     }
 
@@ -1052,7 +1052,7 @@ mod tests {
             step(&[0x21, 0xDE], &[0x79]),
             step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
         ]);
-        s.go(0x0800_0000).unwrap();
+        s.go(0x0800_0000).expect("test setup");
         assert!(s.info().is_none());
         h.assert_done();
     }
@@ -1071,7 +1071,7 @@ mod tests {
             ],
         );
         s.erase(&EraseRequest::Pages(vec![0, 1, 2]), Duration::from_secs(5))
-            .unwrap();
+            .expect("test setup");
         h.assert_done();
     }
 
@@ -1090,9 +1090,9 @@ mod tests {
             ],
         );
         let t = Duration::from_secs(35);
-        s.erase(&EraseRequest::Mass, t).unwrap();
-        s.erase(&EraseRequest::Bank1, t).unwrap();
-        s.erase(&EraseRequest::Bank2, t).unwrap();
+        s.erase(&EraseRequest::Mass, t).expect("test setup");
+        s.erase(&EraseRequest::Bank1, t).expect("test setup");
+        s.erase(&EraseRequest::Bank2, t).expect("test setup");
         h.assert_done();
     }
 
@@ -1126,8 +1126,9 @@ mod tests {
             ],
         );
         let t = Duration::from_secs(5);
-        s.erase(&EraseRequest::Pages(vec![0, 1, 2]), t).unwrap();
-        s.erase(&EraseRequest::Mass, t).unwrap();
+        s.erase(&EraseRequest::Pages(vec![0, 1, 2]), t)
+            .expect("test setup");
+        s.erase(&EraseRequest::Mass, t).expect("test setup");
         // Neither a bank erase nor a page past 255 exists in 0x43: nothing is sent.
         assert_invalid(s.erase(&EraseRequest::Bank2, t).unwrap_err());
         assert_invalid(s.erase(&EraseRequest::Pages(vec![300]), t).unwrap_err());
@@ -1179,7 +1180,7 @@ mod tests {
         );
         let crc = s
             .get_checksum(0x0800_0000, 256, 0x04C1_1DB7, 0xFFFF_FFFF)
-            .unwrap();
+            .expect("test setup");
         assert_eq!(crc, 0xD000_A3E2);
         h.assert_done();
     }
@@ -1215,7 +1216,7 @@ mod tests {
         ];
         rest.extend(connect_steps(0x31, &V31));
         let (mut s, h) = connected(0x31, &V31, rest);
-        s.write_protect(&[0, 1]).unwrap();
+        s.write_protect(&[0, 1]).expect("test setup");
         assert_eq!(s.info().map(|i| i.pid), Some(0x413));
         h.assert_done();
     }
@@ -1227,9 +1228,9 @@ mod tests {
         rest.push(step(&[0x82, 0x7D], &[0x79, 0x79]));
         rest.extend(connect_steps(0x31, &V31));
         let (mut s, h) = connected(0x31, &V31, rest);
-        s.write_unprotect().unwrap();
+        s.write_unprotect().expect("test setup");
         assert!(s.info().is_some());
-        s.readout_protect().unwrap();
+        s.readout_protect().expect("test setup");
         assert!(s.info().is_some());
         h.assert_done();
     }
@@ -1243,7 +1244,7 @@ mod tests {
         ];
         rest.extend(connect_steps(0x31, &V31));
         let (mut s, h) = connected(0x31, &V31, rest);
-        s.readout_unprotect().unwrap();
+        s.readout_unprotect().expect("test setup");
         assert_eq!(s.info().map(|i| i.pid), Some(0x413));
         h.assert_done();
     }
@@ -1275,7 +1276,9 @@ mod tests {
                 ),
             ],
         );
-        let reply = s.special(0x0082, &[0xDE, 0xAD, 0xBE, 0xEF]).unwrap();
+        let reply = s
+            .special(0x0082, &[0xDE, 0xAD, 0xBE, 0xEF])
+            .expect("test setup");
         assert_eq!(
             reply,
             SpecialReply {
@@ -1323,7 +1326,9 @@ mod tests {
                 ),
             ],
         );
-        let reply = s.extended_special(0x0001, &[0x11], &[0x22, 0x33]).unwrap();
+        let reply = s
+            .extended_special(0x0001, &[0x11], &[0x22, 0x33])
+            .expect("test setup");
         assert_eq!(reply, vec![0x44]);
         h.assert_done();
     }
@@ -1386,7 +1391,7 @@ mod tests {
         ]);
         let e = s.read_memory(0x0800_0000, &mut [0u8; 4]).unwrap_err();
         assert_nack(e, Command::ReadMemory, Phase::Command);
-        assert_eq!(s.get_id().unwrap(), 0x413);
+        assert_eq!(s.get_id().expect("test setup"), 0x413);
         h.assert_done();
     }
 
@@ -1418,10 +1423,10 @@ mod tests {
     fn sim_session(spec: &str) -> Session {
         use crate::sim::SimSpec;
         use crate::transport::sim::SimLink;
-        let spec = SimSpec::parse(spec).unwrap();
+        let spec = SimSpec::parse(spec).expect("test setup");
         let target = spec
-            .build(crate::device::DeviceTable::builtin().unwrap())
-            .unwrap();
+            .build(crate::device::DeviceTable::builtin().expect("test setup"))
+            .expect("test setup");
         let link = SimLink::with_target(target, spec, LineSettings::default());
         Session::new(Box::new(link), Timeouts::default())
     }
@@ -1429,56 +1434,61 @@ mod tests {
     #[test]
     fn end_to_end_protection_cycle_with_simulated_f411() {
         let mut s = sim_session("stm32f411");
-        s.connect().unwrap();
-        s.write_memory(0x0800_0000, &[1, 2, 3, 4]).unwrap();
-        s.readout_protect().unwrap();
+        s.connect().expect("test setup");
+        s.write_memory(0x0800_0000, &[1, 2, 3, 4])
+            .expect("test setup");
+        s.readout_protect().expect("test setup");
         assert_eq!(s.info().map(|i| i.pid), Some(0x431));
         let e = s.read_memory(0x0800_0000, &mut [0u8; 4]).unwrap_err();
         assert_nack(e, Command::ReadMemory, Phase::Command);
-        s.readout_unprotect().unwrap();
+        s.readout_unprotect().expect("test setup");
         let mut buf = [0u8; 4];
-        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
         assert_eq!(buf, [0xFF; 4]);
-        s.write_protect(&[0]).unwrap();
-        s.write_memory(0x0800_0000, &[0; 4]).unwrap();
-        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        s.write_protect(&[0]).expect("test setup");
+        s.write_memory(0x0800_0000, &[0; 4]).expect("test setup");
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
         assert_eq!(buf, [0xFF; 4], "sector 0 is write-protected");
-        s.write_unprotect().unwrap();
-        s.write_memory(0x0800_0000, &[0; 4]).unwrap();
-        s.read_memory(0x0800_0000, &mut buf).unwrap();
+        s.write_unprotect().expect("test setup");
+        s.write_memory(0x0800_0000, &[0; 4]).expect("test setup");
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
         assert_eq!(buf, [0; 4]);
     }
 
     #[test]
     fn end_to_end_checksum_and_go_with_simulated_l476() {
         let mut s = sim_session("stm32l476?version=0x33");
-        assert!(s.connect().unwrap().supports(Command::GetChecksum));
+        assert!(s
+            .connect()
+            .expect("test setup")
+            .supports(Command::GetChecksum));
         s.write_memory(0x0800_0000, &[0x78, 0x56, 0x34, 0x12])
-            .unwrap();
+            .expect("test setup");
         let crc = s
             .get_checksum(0x0800_0000, 1, 0x04C1_1DB7, 0xFFFF_FFFF)
-            .unwrap();
+            .expect("test setup");
         assert_eq!(crc, 0xDF8A_8A2B);
-        s.go(0x0800_0000).unwrap();
+        s.go(0x0800_0000).expect("test setup");
         assert!(matches!(s.sync().unwrap_err(), Error::NoSync { .. }));
     }
 
     #[test]
     fn end_to_end_with_simulated_f411() {
         let mut s = sim_session("stm32f411");
-        let info = s.connect().unwrap().clone();
+        let info = s.connect().expect("test setup").clone();
         assert_eq!((info.pid, info.version), (0x431, ProtocolVersion(0x31)));
         assert_eq!(info.commands, V31.to_vec());
         s.write_memory(0x0800_0100, &[0xDE, 0xAD, 0xBE, 0xEF])
-            .unwrap();
+            .expect("test setup");
         let mut buf = [0u8; 8];
-        s.read_memory(0x0800_00FC, &mut buf).unwrap();
+        s.read_memory(0x0800_00FC, &mut buf).expect("test setup");
         assert_eq!(buf, [0xFF, 0xFF, 0xFF, 0xFF, 0xDE, 0xAD, 0xBE, 0xEF]);
         s.erase(&EraseRequest::Pages(vec![0]), Duration::from_secs(5))
-            .unwrap();
-        s.read_memory(0x0800_0100, &mut buf[..4]).unwrap();
+            .expect("test setup");
+        s.read_memory(0x0800_0100, &mut buf[..4])
+            .expect("test setup");
         assert_eq!(buf[..4], [0xFF; 4]);
-        assert_eq!(s.sync().unwrap(), SyncOutcome::AlreadySynced);
-        assert_eq!(s.get_id().unwrap(), 0x431);
+        assert_eq!(s.sync().expect("test setup"), SyncOutcome::AlreadySynced);
+        assert_eq!(s.get_id().expect("test setup"), 0x431);
     }
 }

@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn f411_sector_map_matches_reference() {
-        let d = table().by_pid(0x431).unwrap();
+        let d = table().by_pid(0x431).expect("test setup");
         let starts: Vec<u32> = d.pages.iter().map(|p| p.address).collect();
         assert_eq!(
             starts,
@@ -345,7 +345,7 @@ mod tests {
                 0x0806_0000
             ]
         );
-        assert_eq!(d.pages.last().unwrap().end(), 0x0808_0000);
+        assert_eq!(d.pages.last().expect("test setup").end(), 0x0808_0000);
         assert_eq!(
             d.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
             (0..8).collect::<Vec<_>>()
@@ -354,10 +354,10 @@ mod tests {
 
     #[test]
     fn l476_has_two_banks_of_256_pages() {
-        let d = table().by_part("stm32l476rg").unwrap();
+        let d = table().by_part("stm32l476rg").expect("test setup");
         assert_eq!(d.pages.len(), 512);
         assert_eq!(d.bank_start(2), Some(0x0808_0000));
-        let p = d.page_at(0x0808_0000).unwrap();
+        let p = d.page_at(0x0808_0000).expect("test setup");
         assert_eq!((p.index, p.bank, p.size), (256, 2, 2048));
     }
 
@@ -365,22 +365,22 @@ mod tests {
     fn smaller_flash_rederives_the_map() {
         let d = table()
             .by_pid(0x431)
-            .unwrap()
+            .expect("test setup")
             .with_flash_size(256 * 1024)
-            .unwrap();
+            .expect("test setup");
         assert_eq!(d.pages.len(), 6);
         let l4 = table()
             .by_pid(0x415)
-            .unwrap()
+            .expect("test setup")
             .with_flash_size(512 * 1024)
-            .unwrap();
+            .expect("test setup");
         assert_eq!(l4.pages.len(), 256);
         assert_eq!(l4.bank_start(2), Some(0x0804_0000));
     }
 
     #[test]
     fn pages_overlapping_is_exact() {
-        let d = table().by_pid(0x431).unwrap();
+        let d = table().by_pid(0x431).expect("test setup");
         let idx = |s: u32, e: u64| {
             d.pages_overlapping(s, e)
                 .iter()

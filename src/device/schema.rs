@@ -399,7 +399,7 @@ mod tests {
         let err = parse(text, "part.toml").unwrap_err().to_string();
         assert!(err.contains("part.toml") && err.contains("colour"), "{err}");
         let ok = text.replace("colour = \"red\"\n", "");
-        let devs = parse(&ok, "part.toml").unwrap();
+        let devs = parse(&ok, "part.toml").expect("test setup");
         assert_eq!(
             devs[0].rules.reprogram,
             Reprogram::AndBits,

@@ -259,20 +259,20 @@ mod tests {
 
     fn dev(part: &str) -> Device {
         DeviceTable::builtin()
-            .unwrap()
+            .expect("test setup")
             .by_part(part)
-            .unwrap()
+            .expect("test setup")
             .clone()
     }
 
     fn plan(d: &Device, img: &Image) -> FlashPlan {
-        FlashPlan::new(d, img, &PlanOptions::for_device(d)).unwrap()
+        FlashPlan::new(d, img, &PlanOptions::for_device(d)).expect("test setup")
     }
 
     #[test]
     fn f4_image_touching_two_sectors_erases_exactly_those() {
         let d = dev("stm32f411");
-        let img = Image::from_bin(&vec![0x5A; 0x5000], 0x0800_0000).unwrap();
+        let img = Image::from_bin(&vec![0x5A; 0x5000], 0x0800_0000).expect("test setup");
         let p = plan(&d, &img);
         let idx: Vec<u16> = p.pages.iter().map(|p| p.index).collect();
         assert_eq!(idx, vec![0, 1]);
@@ -292,8 +292,8 @@ mod tests {
     fn sparse_image_leaves_gap_pages_alone() {
         let d = dev("stm32l476");
         let mut img = Image::new();
-        img.add(0x0800_0000, &[1; 16]).unwrap();
-        img.add(0x0801_F000, &[2; 64]).unwrap();
+        img.add(0x0800_0000, &[1; 16]).expect("test setup");
+        img.add(0x0801_F000, &[2; 64]).expect("test setup");
         let p = plan(&d, &img);
         assert_eq!(
             p.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn unaligned_tail_is_padded_to_the_programming_unit() {
         let d = dev("stm32l476");
-        let img = Image::from_bin(&[0xAB; 13], 0x0800_0103).unwrap();
+        let img = Image::from_bin(&[0xAB; 13], 0x0800_0103).expect("test setup");
         let p = plan(&d, &img);
         assert_eq!(p.blocks.len(), 1);
         let b = &p.blocks[0];
@@ -322,7 +322,7 @@ mod tests {
         let d = dev("stm32f411");
         let mut data = vec![0xFF; 1024];
         data[600] = 0;
-        let img = Image::from_bin(&data, 0x0800_0000).unwrap();
+        let img = Image::from_bin(&data, 0x0800_0000).expect("test setup");
         let p = plan(&d, &img);
         assert_eq!(p.skipped_blocks, 3);
         assert_eq!(p.blocks.len(), 1);
@@ -331,7 +331,7 @@ mod tests {
             erase: false,
             ..PlanOptions::for_device(&d)
         };
-        let p2 = FlashPlan::new(&d, &img, &no_erase).unwrap();
+        let p2 = FlashPlan::new(&d, &img, &no_erase).expect("test setup");
         assert_eq!(p2.blocks.len(), 4);
         assert!(p2.erase.is_empty());
     }
@@ -340,9 +340,9 @@ mod tests {
     fn two_runs_in_one_window_merge_when_their_units_touch() {
         let d = dev("stm32l476");
         let mut img = Image::new();
-        img.add(0x0800_0000, &[1; 3]).unwrap();
-        img.add(0x0800_0005, &[2; 3]).unwrap();
-        img.add(0x0800_0080, &[3; 8]).unwrap();
+        img.add(0x0800_0000, &[1; 3]).expect("test setup");
+        img.add(0x0800_0005, &[2; 3]).expect("test setup");
+        img.add(0x0800_0080, &[3; 8]).expect("test setup");
         let p = plan(&d, &img);
         assert_eq!(p.blocks.len(), 2);
         assert_eq!(p.blocks[0].data, vec![1, 1, 1, 0xFF, 0xFF, 2, 2, 2]);
@@ -352,15 +352,15 @@ mod tests {
     #[test]
     fn long_page_lists_are_split_and_full_flash_uses_mass_erase() {
         let d = dev("stm32l476");
-        let img = Image::from_bin(&vec![0; 600 * 2048 / 2], 0x0800_0000).unwrap();
+        let img = Image::from_bin(&vec![0; 600 * 2048 / 2], 0x0800_0000).expect("test setup");
         let p = plan(&d, &img);
         assert_eq!(p.erase.len(), 1);
-        let whole = Image::from_bin(&vec![0; 1024 * 1024], 0x0800_0000).unwrap();
+        let whole = Image::from_bin(&vec![0; 1024 * 1024], 0x0800_0000).expect("test setup");
         assert_eq!(plan(&d, &whole).erase, vec![EraseStep::Mass]);
         let mut opts = PlanOptions::for_device(&d);
         opts.allow_mass_erase = false;
         opts.max_pages_per_erase = 200;
-        let p = FlashPlan::new(&d, &whole, &opts).unwrap();
+        let p = FlashPlan::new(&d, &whole, &opts).expect("test setup");
         assert_eq!(p.erase.len(), 3);
         assert_eq!(p.erase.iter().map(|s| s.page_count(&d)).sum::<usize>(), 512);
     }
@@ -377,13 +377,13 @@ mod tests {
             (0x6000_0000, "outside the flash"),
         ];
         for (addr, why) in cases {
-            let img = Image::from_bin(&[0; 32], addr).unwrap();
+            let img = Image::from_bin(&[0; 32], addr).expect("test setup");
             let e = FlashPlan::new(&d, &img, &PlanOptions::for_device(&d))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{addr:08X}: {e}");
         }
-        let ram = Image::from_bin(&[1; 6], 0x2000_4000).unwrap();
+        let ram = Image::from_bin(&[1; 6], 0x2000_4000).expect("test setup");
         let p = plan(&d, &ram);
         assert!(p.erase.is_empty());
         assert_eq!(p.blocks[0].data, vec![1, 1, 1, 1, 1, 1, 0xFF, 0xFF]);

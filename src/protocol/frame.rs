@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn write_and_read_phases_from_reference() {
         assert_eq!(
-            write_data(&[0xDE, 0xAD, 0xBE, 0xEF]).unwrap(),
+            write_data(&[0xDE, 0xAD, 0xBE, 0xEF]).expect("test setup"),
             vec![0x03, 0xDE, 0xAD, 0xBE, 0xEF, 0x21]
         );
         assert_eq!(read_count(256), Some([0xFF, 0x00]));
@@ -389,19 +389,19 @@ mod tests {
     fn extended_erase_frames_from_reference() {
         let pages = EraseRequest::Pages(vec![0, 1, 2]);
         assert_eq!(
-            pages.extended_frame().unwrap(),
+            pages.extended_frame().expect("test setup"),
             vec![0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x02, 0x01]
         );
         assert_eq!(
-            EraseRequest::Mass.extended_frame().unwrap(),
+            EraseRequest::Mass.extended_frame().expect("test setup"),
             vec![0xFF, 0xFF, 0x00]
         );
         assert_eq!(
-            EraseRequest::Bank1.extended_frame().unwrap(),
+            EraseRequest::Bank1.extended_frame().expect("test setup"),
             vec![0xFF, 0xFE, 0x01]
         );
         assert_eq!(
-            EraseRequest::Bank2.extended_frame().unwrap(),
+            EraseRequest::Bank2.extended_frame().expect("test setup"),
             vec![0xFF, 0xFD, 0x02]
         );
         assert_eq!(EraseRequest::Pages(vec![]).extended_frame(), None);
@@ -409,9 +409,14 @@ mod tests {
 
     #[test]
     fn legacy_erase_frames() {
-        assert_eq!(EraseRequest::Mass.legacy_frame().unwrap(), vec![0xFF, 0x00]);
         assert_eq!(
-            EraseRequest::Pages(vec![0, 1, 2]).legacy_frame().unwrap(),
+            EraseRequest::Mass.legacy_frame().expect("test setup"),
+            vec![0xFF, 0x00]
+        );
+        assert_eq!(
+            EraseRequest::Pages(vec![0, 1, 2])
+                .legacy_frame()
+                .expect("test setup"),
             vec![0x02, 0x00, 0x01, 0x02, 0x01]
         );
         assert_eq!(EraseRequest::Pages(vec![300]).legacy_frame(), None);
@@ -421,7 +426,7 @@ mod tests {
     #[test]
     fn write_protect_frame_from_reference() {
         assert_eq!(
-            write_protect_frame(&[0, 1]).unwrap(),
+            write_protect_frame(&[0, 1]).expect("test setup"),
             vec![0x01, 0x00, 0x01, 0x00]
         );
     }
@@ -445,7 +450,7 @@ mod tests {
     fn special_frames() {
         assert_eq!(special_opcode(0x0082), [0x00, 0x82, 0x82]);
         assert_eq!(
-            special_packet(&[1, 2, 3, 4]).unwrap(),
+            special_packet(&[1, 2, 3, 4]).expect("test setup"),
             vec![0x00, 0x04, 1, 2, 3, 4, 0x04 ^ 1 ^ 2 ^ 3 ^ 4]
         );
     }

@@ -608,9 +608,9 @@ mod tests {
 
     fn chip(part: &str) -> Chip {
         let d = DeviceTable::builtin()
-            .unwrap()
+            .expect("test setup")
             .by_part(part)
-            .unwrap()
+            .expect("test setup")
             .clone();
         Chip::new(d, [1; 12])
     }
@@ -620,7 +620,7 @@ mod tests {
         let mut c = chip("stm32f411");
         c.write(Area::Flash, 0x0800_0000, &[0xF0, 0xFF, 0xFF, 0xFF]);
         c.write(Area::Flash, 0x0800_0000, &[0x3C, 0xFF, 0xFF, 0xFF]);
-        assert_eq!(c.read(0x0800_0000, 1).unwrap(), vec![0x30]);
+        assert_eq!(c.read(0x0800_0000, 1).expect("test setup"), vec![0x30]);
     }
 
     #[test]
@@ -629,13 +629,13 @@ mod tests {
         c.write(Area::Flash, 0x0800_0000, &[1, 2, 3, 4, 5, 6, 7, 8]);
         c.write(Area::Flash, 0x0800_0000, &[0, 0, 0, 0, 5, 6, 7, 8]);
         assert_eq!(
-            c.read(0x0800_0000, 8).unwrap(),
+            c.read(0x0800_0000, 8).expect("test setup"),
             vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
         assert_eq!(c.program_stats(), (2, 1));
         // Writing all zeros is allowed.
         c.write(Area::Flash, 0x0800_0000, &[0; 8]);
-        assert_eq!(c.read(0x0800_0000, 8).unwrap(), vec![0; 8]);
+        assert_eq!(c.read(0x0800_0000, 8).expect("test setup"), vec![0; 8]);
     }
 
     #[test]
@@ -643,12 +643,12 @@ mod tests {
         let mut c = chip("stm32l476");
         c.write(Area::Flash, 0x0800_0010, &[1, 2, 3, 4]);
         assert_eq!(
-            c.read(0x0800_0010, 8).unwrap(),
+            c.read(0x0800_0010, 8).expect("test setup"),
             vec![1, 2, 3, 4, 0xFF, 0xFF, 0xFF, 0xFF]
         );
         c.write(Area::Flash, 0x0800_0014, &[9, 9, 9, 9]);
         assert_eq!(
-            c.read(0x0800_0014, 4).unwrap(),
+            c.read(0x0800_0014, 4).expect("test setup"),
             vec![0xFF; 4],
             "the double word was already programmed"
         );
@@ -659,10 +659,10 @@ mod tests {
         let mut c = chip("stm32l476");
         c.write(Area::Flash, 0x0800_0004, &[1; 8]);
         c.write(Area::Flash, 0x0800_0100, &[2; 8]);
-        assert_eq!(c.read(0x0800_0100, 8).unwrap(), vec![0xFF; 8]);
+        assert_eq!(c.read(0x0800_0100, 8).expect("test setup"), vec![0xFF; 8]);
         c.reset();
         c.write(Area::Flash, 0x0800_0100, &[2; 8]);
-        assert_eq!(c.read(0x0800_0100, 8).unwrap(), vec![2; 8]);
+        assert_eq!(c.read(0x0800_0100, 8).expect("test setup"), vec![2; 8]);
     }
 
     #[test]
@@ -673,12 +673,12 @@ mod tests {
         assert!(c.is_write_protected(0x0800_4000));
         assert!(!c.is_write_protected(0x0800_0000));
         c.erase_pages(&[1]);
-        assert_eq!(c.read(0x0800_4000, 4).unwrap(), vec![0; 4]);
+        assert_eq!(c.read(0x0800_4000, 4).expect("test setup"), vec![0; 4]);
         c.write_unprotect();
         c.erase_pages(&[1]);
-        assert_eq!(c.read(0x0800_4000, 4).unwrap(), vec![0xFF; 4]);
+        assert_eq!(c.read(0x0800_4000, 4).expect("test setup"), vec![0xFF; 4]);
         assert_eq!(
-            c.read(0x1FFF_C008, 4).unwrap(),
+            c.read(0x1FFF_C008, 4).expect("test setup"),
             vec![0xFF, 0x0F, 0x00, 0xF0]
         );
     }
@@ -706,12 +706,12 @@ mod tests {
         c.set_rdp_level1();
         assert_eq!(c.rdp_level(), 1);
         assert_eq!(
-            c.read(0x1FFF_C000, 4).unwrap(),
+            c.read(0x1FFF_C000, 4).expect("test setup"),
             vec![0xEC, 0xBB, 0x13, 0x44]
         );
         c.readout_unprotect();
         assert_eq!(c.rdp_level(), 0);
-        assert_eq!(c.read(0x0800_0000, 4).unwrap(), vec![0xFF; 4]);
+        assert_eq!(c.read(0x0800_0000, 4).expect("test setup"), vec![0xFF; 4]);
     }
 
     #[test]
@@ -730,9 +730,13 @@ mod tests {
             None,
             "system memory is read-only"
         );
-        assert_eq!(c.read(0x1FFF_7A22, 2).unwrap(), vec![0x00, 0x02], "512 KiB");
         assert_eq!(
-            c.read(0x1FFF_76DE, 1).unwrap(),
+            c.read(0x1FFF_7A22, 2).expect("test setup"),
+            vec![0x00, 0x02],
+            "512 KiB"
+        );
+        assert_eq!(
+            c.read(0x1FFF_76DE, 1).expect("test setup"),
             vec![0xD0],
             "bootloader ID byte"
         );

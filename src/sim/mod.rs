@@ -157,7 +157,8 @@ mod tests {
 
     #[test]
     fn spec_parses_options() {
-        let s = SimSpec::parse("stm32f411?state=/tmp/x.sim&version=0x33&flash=256K").unwrap();
+        let s = SimSpec::parse("stm32f411?state=/tmp/x.sim&version=0x33&flash=256K")
+            .expect("test setup");
         assert_eq!(s.part, "stm32f411");
         assert_eq!(s.state, Some(PathBuf::from("/tmp/x.sim")));
         assert_eq!(s.version, Some(0x33));
@@ -171,13 +172,13 @@ mod tests {
 
     #[test]
     fn version_override_lists_get_checksum() {
-        let t = DeviceTable::builtin().unwrap();
+        let t = DeviceTable::builtin().expect("test setup");
         let target = SimSpec::parse("stm32f411?version=0x33")
-            .unwrap()
+            .expect("test setup")
             .build(t)
-            .unwrap();
+            .expect("test setup");
         assert_eq!(target.chip().device().pid, 0x431);
-        let s = SimSpec::parse("stm32nothing").unwrap();
+        let s = SimSpec::parse("stm32nothing").expect("test setup");
         assert!(s.build(t).is_err());
     }
 }

@@ -112,18 +112,21 @@ mod tests {
 
     #[test]
     fn round_trip_and_mismatch() {
-        let t = DeviceTable::builtin().unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let t = DeviceTable::builtin().expect("test setup");
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("chip.sim");
-        let mut c = Chip::new(t.by_part("stm32f411").unwrap().clone(), [0; 12]);
+        let mut c = Chip::new(t.by_part("stm32f411").expect("test setup").clone(), [0; 12]);
         c.write(Area::Flash, 0x0800_1000, &[1, 2, 3, 4]);
         c.erase_pages(&[3]);
-        save(&c, &path).unwrap();
-        let mut d = Chip::new(t.by_part("stm32f411").unwrap().clone(), [0; 12]);
-        load(&mut d, &path).unwrap();
-        assert_eq!(d.read(0x0800_1000, 4).unwrap(), vec![1, 2, 3, 4]);
+        save(&c, &path).expect("test setup");
+        let mut d = Chip::new(t.by_part("stm32f411").expect("test setup").clone(), [0; 12]);
+        load(&mut d, &path).expect("test setup");
+        assert_eq!(
+            d.read(0x0800_1000, 4).expect("test setup"),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(d.erase_counts()[3], 1);
-        let mut l4 = Chip::new(t.by_part("stm32l476").unwrap().clone(), [0; 12]);
+        let mut l4 = Chip::new(t.by_part("stm32l476").expect("test setup").clone(), [0; 12]);
         let e = load(&mut l4, &path).unwrap_err().to_string();
         assert!(e.contains("not this"), "{e}");
     }

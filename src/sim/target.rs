@@ -570,9 +570,9 @@ mod tests {
 
     fn target(spec: &str) -> Target {
         SimSpec::parse(spec)
-            .unwrap()
-            .build(DeviceTable::builtin().unwrap())
-            .unwrap()
+            .expect("test setup")
+            .build(DeviceTable::builtin().expect("test setup"))
+            .expect("test setup")
     }
 
     fn hex(bytes: &[u8]) -> String {
@@ -768,7 +768,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            t.chip().peek(0x0800_0100, 4).unwrap(),
+            t.chip().peek(0x0800_0100, 4).expect("test setup"),
             vec![0xDE, 0xAD, 0xBE, 0xEF]
         );
         assert_eq!(t.chip().program_stats(), (1, 0));
@@ -786,7 +786,10 @@ mod tests {
                 (&[0x02, 0xFD], &GET_ID_F411),
             ],
         );
-        assert_eq!(t.chip().peek(0x0800_0100, 4).unwrap(), vec![0xFF; 4]);
+        assert_eq!(
+            t.chip().peek(0x0800_0100, 4).expect("test setup"),
+            vec![0xFF; 4]
+        );
         assert_eq!(t.chip().program_stats(), (0, 0));
     }
 
@@ -860,7 +863,10 @@ mod tests {
             ],
         );
         assert_eq!(t.mode(), Mode::BootloaderUnsynced);
-        assert_eq!(t.chip().peek(0x1FFF_C000, 16).unwrap(), ob.to_vec());
+        assert_eq!(
+            t.chip().peek(0x1FFF_C000, 16).expect("test setup"),
+            ob.to_vec()
+        );
         assert!(t.chip().is_write_protected(0x0800_0000));
         assert!(!t.chip().is_write_protected(0x0800_4000));
         talk(&mut t, &[(&[0x02, 0xFD], &[]), (&[0x7F], &[0x79])]);
@@ -883,8 +889,14 @@ mod tests {
             ],
         );
         assert_eq!(t.chip().erase_counts(), &[1, 1, 1, 0, 0, 0, 0, 0]);
-        assert_eq!(t.chip().peek(0x0800_8000, 4).unwrap(), vec![0xFF; 4]);
-        assert_eq!(t.chip().peek(0x0800_C000, 4).unwrap(), vec![0x00; 4]);
+        assert_eq!(
+            t.chip().peek(0x0800_8000, 4).expect("test setup"),
+            vec![0xFF; 4]
+        );
+        assert_eq!(
+            t.chip().peek(0x0800_C000, 4).expect("test setup"),
+            vec![0x00; 4]
+        );
     }
 
     #[test]
@@ -931,8 +943,14 @@ mod tests {
         assert_eq!(counts.len(), 512);
         assert!(counts[..256].iter().all(|&c| c == 0));
         assert!(counts[256..].iter().all(|&c| c == 1));
-        assert_eq!(t.chip().peek(0x0800_0000, 8).unwrap(), vec![0; 8]);
-        assert_eq!(t.chip().peek(0x0808_0000, 8).unwrap(), vec![0xFF; 8]);
+        assert_eq!(
+            t.chip().peek(0x0800_0000, 8).expect("test setup"),
+            vec![0; 8]
+        );
+        assert_eq!(
+            t.chip().peek(0x0808_0000, 8).expect("test setup"),
+            vec![0xFF; 8]
+        );
         // Global numbering: page 256 is the first page of bank 2.
         talk(
             &mut t,
@@ -951,13 +969,19 @@ mod tests {
         assert!(!t.chip().is_write_protected(0x0807_F800), "page 255");
         assert!(!t.chip().is_write_protected(0x080F_F800), "page 511");
         t.chip_mut().write(Area::Flash, 0x080F_F800, &[0; 8]);
-        assert_eq!(t.chip().peek(0x080F_F800, 8).unwrap(), vec![0; 8]);
+        assert_eq!(
+            t.chip().peek(0x080F_F800, 8).expect("test setup"),
+            vec![0; 8]
+        );
         talk(
             &mut t,
             &[(&[0x44, 0xBB], &[0x79]), (&[0xFF, 0xFF, 0x00], &[0x79])],
         );
         assert_eq!(t.chip().erase_counts(), &[1; 512]);
-        assert_eq!(t.chip().peek(0x080F_F800, 8).unwrap(), vec![0xFF; 8]);
+        assert_eq!(
+            t.chip().peek(0x080F_F800, 8).expect("test setup"),
+            vec![0xFF; 8]
+        );
     }
 
     #[test]
@@ -1083,7 +1107,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            t.chip().peek(0x0800_0000, 4).unwrap(),
+            t.chip().peek(0x0800_0000, 4).expect("test setup"),
             vec![0x12, 0x34, 0x56, 0x78]
         );
         talk(&mut t, &[(&[0x92, 0x6D], &[0x79, 0x79])]);
@@ -1093,7 +1117,7 @@ mod tests {
         assert!(t
             .chip()
             .peek(0x0800_0000, size)
-            .unwrap()
+            .expect("test setup")
             .iter()
             .all(|&b| b == 0xFF));
         talk(
@@ -1119,7 +1143,7 @@ mod tests {
         );
         assert_eq!(t.mode(), Mode::BootloaderUnsynced);
         assert_eq!(
-            t.chip().peek(0x1FFF_C008, 4).unwrap(),
+            t.chip().peek(0x1FFF_C008, 4).expect("test setup"),
             vec![0xFC, 0x0F, 0x03, 0xF0]
         );
         assert!(t.chip().is_write_protected(0x0800_0000));

@@ -57,11 +57,11 @@ mod tests {
     #[test]
     fn port_specs() {
         assert!(matches!(
-            PortSpec::parse("sim:stm32f411").unwrap(),
+            PortSpec::parse("sim:stm32f411").expect("test setup"),
             PortSpec::Sim(_)
         ));
         assert_eq!(
-            PortSpec::parse("/dev/ttyUSB0").unwrap(),
+            PortSpec::parse("/dev/ttyUSB0").expect("test setup"),
             PortSpec::Serial("/dev/ttyUSB0".into())
         );
         assert!(PortSpec::parse("").is_err());
