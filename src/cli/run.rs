@@ -703,6 +703,7 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
         version: args.bootloader_version,
         flash_size: args.flash_size,
         uid_seed: None,
+        pid: None,
     };
     let mut target = spec.build(&table)?;
     let mut endpoint = PtyEndpoint::open(args.link.as_deref())?;

@@ -172,6 +172,51 @@ pub struct Device {
     /// First page number of bank 2 if not contiguous.
     #[serde(skip)]
     pub(crate) bank2_first_page: Option<u16>,
+    /// Banks of the table's base layout.
+    #[serde(skip)]
+    pub(crate) base_banks: u8,
+    /// Layouts that depend on the flash size or an option bit.
+    #[serde(skip)]
+    pub(crate) layouts: Vec<LayoutRule>,
+}
+
+/// A layout that applies at one flash size, or when an option bit has a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutRule {
+    /// Flash size this rule is for (any if `None`).
+    pub flash_size: Option<u32>,
+    /// Banks.
+    pub banks: Option<u8>,
+    /// Sector sizes per bank (last repeats).
+    pub sectors: Option<Vec<u32>>,
+    /// Number of bank 2's first page, where numbering skips.
+    pub bank2_first_page: Option<u16>,
+    /// The option bit that selects this layout.
+    pub when: Option<OptionBit>,
+}
+
+/// One bit of an option byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionBit {
+    /// Address of the option byte.
+    pub address: u32,
+    /// Bit mask within the byte.
+    pub mask: u8,
+    /// Whether the rule applies when the bit is set (true) or clear.
+    #[serde(default = "default_true")]
+    pub set: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn ob_byte_in(blocks: &[(u32, Vec<u8>)], addr: u32) -> Option<u8> {
+    blocks.iter().find_map(|(start, bytes)| {
+        let off = addr.checked_sub(*start)? as usize;
+        bytes.get(off).copied()
+    })
 }
 
 impl Device {
@@ -202,19 +247,114 @@ impl Device {
     }
 
     /// A copy with another flash size (read from the chip's flash-size register, or
-    /// `--flash-size`). The page map is re-derived.
+    /// `--flash-size`). The page map is re-derived; option-dependent layouts take the factory
+    /// option bytes.
     pub fn with_flash_size(&self, size: u32) -> Result<Device> {
+        let defaults = self.ob_default.clone();
+        self.with_layout(size, &|addr| ob_byte_in(&defaults, addr))
+    }
+
+    /// A copy for this flash size and these option bytes: the first layout rule whose size and
+    /// option bit match decides banks, sector list and bank-2 numbering (F42x DB1M, G4 DBANK).
+    /// `option_byte` returns the option byte at an address, or `None` if it is unknown.
+    pub fn with_layout(
+        &self,
+        size: u32,
+        option_byte: &dyn Fn(u32) -> Option<u8>,
+    ) -> Result<Device> {
         let mut d = self.clone();
+        let rule = self.layouts.iter().find(|r| {
+            r.flash_size.is_none_or(|s| s == size)
+                && r.when.is_none_or(|w| {
+                    option_byte(w.address).is_some_and(|b| (b & w.mask != 0) == w.set)
+                })
+        });
+        let pattern = rule
+            .and_then(|r| r.sectors.clone())
+            .unwrap_or_else(|| self.sector_pattern.clone());
+        let banks = rule.and_then(|r| r.banks).unwrap_or(self.base_banks);
+        let first2 = rule.map_or(self.bank2_first_page, |r| r.bank2_first_page);
         d.flash = AddrRange::from_len(self.flash.start, size);
-        d.pages = schema::layout(
-            self.flash.start,
-            size,
-            self.banks,
-            &self.sector_pattern,
-            self.bank2_first_page,
-        )
-        .map_err(|e| Error::Device(format!("{}: {e}", self.name)))?;
+        d.pages = schema::layout(self.flash.start, size, banks, &pattern, first2)
+            .map_err(|e| Error::Device(format!("{}: {e}", self.name)))?;
+        d.banks = banks;
         Ok(d)
+    }
+
+    /// Option-byte addresses whose bits choose the layout for this flash size.
+    pub fn layout_option_addresses(&self, size: u32) -> Vec<u32> {
+        self.layouts
+            .iter()
+            .filter(|r| r.flash_size.is_none_or(|s| s == size))
+            .filter_map(|r| r.when.map(|w| w.address))
+            .collect()
+    }
+
+    /// The profile used for a PID the table does not know: flash at `flash_base` of
+    /// `flash_size` bytes as one erase unit (so erasing means a mass erase), no usable RAM,
+    /// 32-byte alignment, erased value 0xFF, and the bootloader's own command list.
+    pub fn generic(
+        pid: u16,
+        flash_base: u32,
+        flash_size: u32,
+        version: u8,
+        commands: Vec<u8>,
+    ) -> Device {
+        let flash = AddrRange::from_len(flash_base, flash_size);
+        Device {
+            pid,
+            name: "unknown part".into(),
+            parts: Vec::new(),
+            family: "unknown".into(),
+            flash,
+            flash_size_register: None,
+            pages: vec![Page {
+                index: 0,
+                address: flash_base,
+                size: flash_size,
+                bank: 1,
+            }],
+            banks: 1,
+            ram: AddrRange {
+                start: 0x2000_0000,
+                end: 0x2000_0000,
+            },
+            bootloader_ram_end: 0x2000_0001,
+            system_memory: AddrRange {
+                start: 0x1FFF_0000,
+                end: 0x1FFF_0000,
+            },
+            option_bytes: Vec::new(),
+            otp: None,
+            uid: None,
+            bootloader: BootloaderSpec {
+                version,
+                id: None,
+                commands,
+                id_address: None,
+            },
+            rules: FlashRules {
+                erased: 0xFF,
+                program_unit: 32,
+                reprogram: Reprogram::UnitBlank,
+                write_align: 32,
+                wrp: WrpScheme::None,
+                rdp_address: None,
+                rdp_unprotected: 0xAA,
+                ob_complement_offset: None,
+                erase_ms: Vec::new(),
+                program_us_per_byte: (10, 100),
+                mass_erase_ms: (1000, 35_000),
+            },
+            max_erase_pages: 1,
+            mass_erase: true,
+            quirks: Vec::new(),
+            ob_default: Vec::new(),
+            sector_pattern: vec![flash_size.max(1)],
+            bank2_first_page: None,
+            base_banks: 1,
+            layouts: Vec::new(),
+        }
     }
 
     /// Start address of each bank.

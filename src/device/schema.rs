@@ -1,6 +1,6 @@
 //! The TOML schema of device tables and how entries become [`Device`]s.
 
-use super::{AddrRange, Device, FlashRules, Otp, Page, Quirk};
+use super::{AddrRange, Device, FlashRules, LayoutRule, OptionBit, Otp, Page, Quirk};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -92,6 +92,16 @@ enum Size {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct LayoutEntry {
+    flash_size: Option<Size>,
+    banks: Option<u8>,
+    sectors: Option<Vec<Size>>,
+    bank2_first_page: Option<u16>,
+    when: Option<OptionBit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OtpEntry {
     start: u32,
     end: u32,
@@ -115,6 +125,8 @@ struct DeviceEntry {
     #[serde(default = "one")]
     banks: u8,
     bank2_first_page: Option<u16>,
+    #[serde(default)]
+    layouts: Vec<LayoutEntry>,
     ram: AddrRange,
     bootloader_ram_end: u32,
     system_memory: AddrRange,
@@ -299,6 +311,28 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         .iter()
         .map(|s| parse_size(s, &format!("{who}: sectors")))
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut layouts = Vec::new();
+    for l in &e.layouts {
+        layouts.push(LayoutRule {
+            flash_size: l
+                .flash_size
+                .as_ref()
+                .map(|s| parse_size(s, &format!("{who}: layouts.flash_size")))
+                .transpose()?,
+            banks: l.banks,
+            sectors: l
+                .sectors
+                .as_ref()
+                .map(|v| {
+                    v.iter()
+                        .map(|s| parse_size(s, &format!("{who}: layouts.sectors")))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                })
+                .transpose()?,
+            bank2_first_page: l.bank2_first_page,
+            when: l.when,
+        });
+    }
     let pages = layout(e.flash_base, size, e.banks, &pattern, e.bank2_first_page)
         .map_err(|m| format!("{who}: {m}"))?;
     let mut ob_default = Vec::new();
@@ -373,6 +407,13 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         ob_default,
         sector_pattern: pattern,
         bank2_first_page: e.bank2_first_page,
+        base_banks: e.banks,
+        layouts,
+    })
+    .and_then(|d| {
+        // Apply the layout rules for the table's own size and the factory option bytes.
+        let size = d.flash_size();
+        d.with_flash_size(size).map_err(|e| e.to_string())
     })
 }
 

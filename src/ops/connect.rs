@@ -70,36 +70,33 @@ pub fn connect(
             session.stray_bytes()
         )));
     }
-    let mut device = table.by_pid(info.pid).cloned().ok_or_else(|| {
-        Error::Device(format!(
-            "PID 0x{:03X} is not in the device table (bootloader {}, commands: {}); describe \
-                 the part in a device file and pass --device-file",
-            info.pid,
-            info.version,
-            info.command_names()
-        ))
-    })?;
-    let mut read_protected = false;
-    if !info.supports(Command::ReadMemory) {
-        read_protected = true;
-    }
-    if let Some(size) = options.flash_size {
-        device = device.with_flash_size(size)?;
+    let mut read_protected = !info.supports(Command::ReadMemory);
+    let mut device = match table.by_pid(info.pid) {
+        Some(d) => d.clone(),
+        None => {
+            let d = generic_profile(&mut session, &info)?;
+            progress.note(Note::Warning(format!(
+                "PID 0x{:03X} is not in the device table: continuing with a generic profile \
+                 (flash at 0x{:08X}, {} KiB found by probing, page map unknown, so any erase is a \
+                 mass erase); describe the part in a device file and pass --device-file for \
+                 page-exact erases",
+                info.pid,
+                d.flash.start,
+                d.flash_size() / 1024
+            )));
+            d
+        }
+    };
+    let mut size = device.flash_size();
+    if let Some(s) = options.flash_size {
+        size = s;
     } else if let Some(reg) = device.flash_size_register {
         let mut kib = [0u8; 2];
         match session.read_memory(reg, &mut kib) {
             Ok(()) => {
                 let kib = u16::from_le_bytes(kib);
-                let size = u32::from(kib) * 1024;
-                if kib != 0 && kib != 0xFFFF && size != device.flash_size() {
-                    match device.with_flash_size(size) {
-                        Ok(d) => device = d,
-                        Err(e) => progress.note(Note::Warning(format!(
-                            "the chip reports {kib} KiB of flash, which does not fit the table's \
-                             layout ({e}); using the table's {} KiB (override with --flash-size)",
-                            device.flash_size() / 1024
-                        ))),
-                    }
+                if kib != 0 && kib != 0xFFFF {
+                    size = u32::from(kib) * 1024;
                 }
             }
             Err(Error::Nack {
@@ -116,10 +113,77 @@ pub fn connect(
             Err(e) => return Err(e),
         }
     }
+    let mut option_bytes = Vec::new();
+    if !read_protected {
+        for addr in device.layout_option_addresses(size) {
+            let mut b = [0u8; 1];
+            session.read_memory(addr, &mut b)?;
+            option_bytes.push((addr, b[0]));
+        }
+    }
+    let reader = |a: u32| option_bytes.iter().find(|(x, _)| *x == a).map(|(_, b)| *b);
+    if size != device.flash_size() || !option_bytes.is_empty() {
+        match device.with_layout(size, &reader) {
+            Ok(d) => device = d,
+            Err(e) => progress.note(Note::Warning(format!(
+                "the chip reports {} KiB of flash, which does not fit the table's layout ({e}); \
+                 using the table's {} KiB (override with --flash-size)",
+                size / 1024,
+                device.flash_size() / 1024
+            ))),
+        }
+    }
     Ok(Connection {
         session,
         device,
         bootloader: info,
         read_protected,
     })
+}
+
+/// A profile for a PID the table does not know: flash at 0x08000000 with its size found by
+/// probing Read Memory (the bootloader NACKs addresses past the end), the bootloader's own
+/// command list, conservative alignment (32 bytes, the largest flash word) and no page map.
+fn generic_profile(session: &mut Session, info: &BootloaderInfo) -> Result<Device> {
+    const BASE: u32 = 0x0800_0000;
+    let mut probe = |addr: u32| -> Result<bool> {
+        let mut b = [0u8; 1];
+        match session.read_memory(addr, &mut b) {
+            Ok(()) => Ok(true),
+            Err(Error::Nack {
+                phase: crate::error::Phase::Address,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    if !probe(BASE)? {
+        return Err(Error::Device(format!(
+            "PID 0x{:03X} is not in the device table and no flash answers at 0x{BASE:08X}: \
+             describe the part in a device file and pass --device-file",
+            info.pid
+        )));
+    }
+    // Find the first unreadable power of two, then the end to 1 KiB by bisection.
+    let mut good: u32 = 1024;
+    let mut bad: u32 = 2048;
+    while bad <= 64 << 20 && probe(BASE + bad - 1)? {
+        good = bad;
+        bad *= 2;
+    }
+    while bad - good > 1024 {
+        let mid = good + (bad - good) / 2 / 1024 * 1024;
+        if probe(BASE + mid - 1)? {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Ok(Device::generic(
+        info.pid,
+        BASE,
+        good,
+        info.version.0,
+        info.commands.clone(),
+    ))
 }

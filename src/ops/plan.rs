@@ -168,7 +168,7 @@ pub fn erase_steps(device: &Device, pages: &[Page], options: &PlanOptions) -> Ve
     if pages.is_empty() {
         return Vec::new();
     }
-    if options.allow_mass_erase && pages.len() == device.pages.len() && device.pages.len() > 1 {
+    if options.allow_mass_erase && pages.len() == device.pages.len() {
         return vec![EraseStep::Mass];
     }
     pages

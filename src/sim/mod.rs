@@ -31,6 +31,8 @@ pub struct SimSpec {
     pub flash_size: Option<u32>,
     /// Unique ID seed (`uid=...`): the same seed gives the same 96-bit ID.
     pub uid_seed: Option<String>,
+    /// Report this PID instead of the part's (`pid=0x4FF`), to rehearse unknown parts.
+    pub pid: Option<u16>,
 }
 
 impl SimSpec {
@@ -51,6 +53,7 @@ impl SimSpec {
             version: None,
             flash_size: None,
             uid_seed: None,
+            pid: None,
         };
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
@@ -67,9 +70,15 @@ impl SimSpec {
                 }
                 "flash" => out.flash_size = Some(parse_size(v)?),
                 "uid" => out.uid_seed = Some(v.to_string()),
+                "pid" => {
+                    let pid = parse_u16(v).ok_or_else(|| {
+                        Error::InvalidRequest(format!("sim option pid={v}: give a PID such as 0x4FF"))
+                    })?;
+                    out.pid = Some(pid);
+                }
                 other => {
                     return Err(Error::InvalidRequest(format!(
-                        "unknown sim option '{other}': valid options are state, version, flash, uid"
+                        "unknown sim option '{other}': valid options are state, version, flash, uid, pid"
                     )))
                 }
             }
@@ -113,7 +122,17 @@ impl SimSpec {
             }
             target.set_bootloader(v, cmds);
         }
+        if let Some(pid) = self.pid {
+            target.set_pid(pid);
+        }
         Ok(target)
+    }
+}
+
+fn parse_u16(v: &str) -> Option<u16> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
     }
 }
 

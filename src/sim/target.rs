@@ -69,12 +69,14 @@ pub struct Target {
     extra_ack_pending: bool,
     busy: Duration,
     commands_seen: u64,
+    pid: u16,
 }
 
 impl Target {
     /// A chip that has just been reset into its bootloader.
     pub fn new(chip: Chip) -> Target {
         let spec = chip.device().bootloader.clone();
+        let pid = chip.device().pid;
         Target {
             chip,
             mode: Mode::BootloaderUnsynced,
@@ -87,6 +89,7 @@ impl Target {
             extra_ack_pending: false,
             busy: Duration::ZERO,
             commands_seen: 0,
+            pid,
         }
     }
 
@@ -94,6 +97,11 @@ impl Target {
     pub fn set_bootloader(&mut self, version: u8, commands: Vec<u8>) {
         self.version = version;
         self.commands = commands;
+    }
+
+    /// Report `pid` in Get ID instead of the part's own.
+    pub fn set_pid(&mut self, pid: u16) {
+        self.pid = pid;
     }
 
     /// Special (0x50/0x51) opcodes this bootloader implements.
@@ -224,7 +232,7 @@ impl Target {
             }
             0x01 => out.extend_from_slice(&[self.version, 0x00, 0x00, ACK]),
             0x02 => {
-                let pid = self.chip.device().pid.to_be_bytes();
+                let pid = self.pid.to_be_bytes();
                 out.extend_from_slice(&[0x01, pid[0], pid[1], ACK]);
             }
             0x11 => self.expect(Step::ReadAddr, 5),
