@@ -11,12 +11,26 @@ fn unknown_pid_continues_with_a_generic_profile_and_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("PID 0x4FF is not in the device table") && stderr.contains("--device-file"), "{stderr}");
-    assert!(stdout.contains("512 KiB"), "flash size found by probing: {stdout}");
+    assert!(
+        stderr.contains("PID 0x4FF is not in the device table") && stderr.contains("--device-file"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("512 KiB"),
+        "flash size found by probing: {stdout}"
+    );
     // A write still works: the unknown page map means a mass erase, which the plan says.
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(1000, 11)).unwrap();
-    ok(&["write", path_str(&bin), "-a", "0x08000000", "--verify", "--port", &sim.port()]);
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08000000",
+        "--verify",
+        "--port",
+        &sim.port(),
+    ]);
     assert_eq!(sim.peek(0x0800_0000, 1000), pattern(1000, 11));
 }
 
@@ -42,14 +56,49 @@ bootloader = { version = 0x31, commands = [0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0
 "#,
     )
     .unwrap();
-    let text = ok(&["info", "--port", &sim.port(), "--device-file", path_str(&file)]);
-    assert!(text.contains("STM32X999 (from a device file)") && text.contains("8 erase units"), "{text}");
+    let text = ok(&[
+        "info",
+        "--port",
+        &sim.port(),
+        "--device-file",
+        path_str(&file),
+    ]);
+    assert!(
+        text.contains("STM32X999 (from a device file)") && text.contains("8 erase units"),
+        "{text}"
+    );
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(100, 12)).unwrap();
-    ok(&["write", path_str(&bin), "-a", "0x08004000", "--verify", "--port", &sim.port(), "--device-file", path_str(&file)]);
-    assert_eq!(sim.chip().erase_counts(), &[0, 1, 0, 0, 0, 0, 0, 0], "page-exact with the file's map");
+    ok(&[
+        "write",
+        path_str(&bin),
+        "-a",
+        "0x08004000",
+        "--verify",
+        "--port",
+        &sim.port(),
+        "--device-file",
+        path_str(&file),
+    ]);
+    assert_eq!(
+        sim.chip().erase_counts(),
+        &[0, 1, 0, 0, 0, 0, 0, 0],
+        "page-exact with the file's map"
+    );
     // A malformed device file is refused with its name and the problem.
     std::fs::write(&file, "[[device]]\npid = 0x4FF\nname = \"x\"\n").unwrap();
-    let err = fails(&["info", "--port", &sim.port(), "--device-file", path_str(&file)], 2);
-    assert!(err.contains("part.toml") && err.contains("missing field"), "{err}");
+    let err = fails(
+        &[
+            "info",
+            "--port",
+            &sim.port(),
+            "--device-file",
+            path_str(&file),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("part.toml") && err.contains("missing field"),
+        "{err}"
+    );
 }

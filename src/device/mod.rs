@@ -447,9 +447,24 @@ impl DeviceTable {
         self.devices.iter().find(|d| d.pid == pid)
     }
 
-    /// The device a part name (`stm32f411`) refers to.
+    /// The device a part name (`stm32f411`) refers to: an exact part name first, otherwise the
+    /// longest part name the query starts with.
     pub fn by_part(&self, name: &str) -> Option<&Device> {
-        self.devices.iter().find(|d| d.matches(name))
+        let q = name.to_ascii_lowercase();
+        if let Some(d) = self.devices.iter().find(|d| d.parts.contains(&q)) {
+            return Some(d);
+        }
+        self.devices
+            .iter()
+            .filter(|d| d.matches(&q))
+            .max_by_key(|d| {
+                d.parts
+                    .iter()
+                    .filter(|p| q.starts_with(p.as_str()))
+                    .map(|p| p.len())
+                    .max()
+                    .unwrap_or(0)
+            })
     }
 
     /// A table where `overrides` come first, then this table's devices.

@@ -138,6 +138,12 @@ impl Chip {
                 Area::Ram
             });
         }
+        // The unique-ID and flash-size registers sit inside system memory on some families.
+        if !self.info.is_empty()
+            && AddrRange::from_len(self.info_start, self.info.len() as u32).contains_span(addr, len)
+        {
+            return Some(Area::DeviceInfo);
+        }
         if d.system_memory.contains_span(addr, len) {
             return Some(Area::SystemMemory);
         }
@@ -150,11 +156,6 @@ impl Chip {
             if o.range.contains_span(addr, len) {
                 return Some(Area::Otp);
             }
-        }
-        if !self.info.is_empty()
-            && AddrRange::from_len(self.info_start, self.info.len() as u32).contains_span(addr, len)
-        {
-            return Some(Area::DeviceInfo);
         }
         if self.has_voltage_register()
             && addr >= VOLTAGE_RANGE_REGISTER
@@ -743,6 +744,84 @@ mod tests {
         assert!(
             c.read(0x0807_FFFF, 2).is_none(),
             "a read may not run off the end of flash"
+        );
+    }
+
+    #[test]
+    fn f1_half_word_programs_only_when_erased_or_to_zero() {
+        let mut c = chip("stm32f103xb");
+        c.write(Area::Flash, 0x0800_0000, &[0x34, 0x12, 0xFF, 0xFF]);
+        c.write(Area::Flash, 0x0800_0000, &[0x00, 0x12, 0x78, 0x56]);
+        assert_eq!(
+            c.read(0x0800_0000, 4).expect("test setup"),
+            vec![0x34, 0x12, 0x78, 0x56],
+            "the programmed half-word keeps its value, the erased one takes the new one"
+        );
+        c.write(Area::Flash, 0x0800_0000, &[0x00, 0x00, 0x78, 0x56]);
+        assert_eq!(
+            c.read(0x0800_0000, 2).expect("test setup"),
+            vec![0, 0],
+            "0x0000 is allowed"
+        );
+    }
+
+    #[test]
+    fn l0_erases_to_zero_and_programs_only_zero_words() {
+        let mut c = chip("stm32l072");
+        assert_eq!(c.read(0x0800_0000, 4).expect("test setup"), vec![0; 4]);
+        c.write(Area::Flash, 0x0800_0000, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        c.write(Area::Flash, 0x0800_0000, &[9, 9, 9, 9]);
+        assert_eq!(
+            c.read(0x0800_0000, 8).expect("test setup"),
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert!(c.erase_pages(&[0]));
+        assert_eq!(c.read(0x0800_0000, 128).expect("test setup"), vec![0; 128]);
+        assert!(!c.device().mass_erase, "L0 takes no mass erase");
+    }
+
+    #[test]
+    fn h7_and_u5_flash_words_are_written_once() {
+        for (part, unit) in [("stm32h743", 32usize), ("stm32u575", 16)] {
+            let mut c = chip(part);
+            assert_eq!(c.device().rules.program_unit as usize, unit, "{part}");
+            c.write(Area::Flash, 0x0800_0000, &vec![0x11; unit]);
+            c.write(Area::Flash, 0x0800_0000, &vec![0x00; unit]);
+            assert_eq!(
+                c.read(0x0800_0000, unit).expect("test setup"),
+                vec![0x11; unit],
+                "{part}: not even zeros"
+            );
+            // A write of half a flash word pads the rest, which then cannot be written.
+            c.write(Area::Flash, 0x0800_0100, &vec![0x22; unit / 2]);
+            c.write(
+                Area::Flash,
+                0x0800_0100 + unit as u32 / 2,
+                &vec![0x33; unit / 2],
+            );
+            assert_eq!(
+                c.read(0x0800_0100 + unit as u32 / 2, 4)
+                    .expect("test setup"),
+                vec![0xFF; 4],
+                "{part}"
+            );
+        }
+    }
+
+    #[test]
+    fn uid_and_flash_size_are_readable_where_they_sit_inside_system_memory() {
+        let c = chip("stm32f103xb");
+        let d = c.device().clone();
+        let uid = c
+            .read(d.uid.expect("F1 has a UID"), 12)
+            .expect("test setup");
+        assert_ne!(uid, vec![0; 12]);
+        let size = c
+            .read(d.flash_size_register.expect("F1 size register"), 2)
+            .expect("test setup");
+        assert_eq!(
+            u16::from_le_bytes([size[0], size[1]]) as u64 * 1024,
+            d.flash.len()
         );
     }
 }
