@@ -41,5 +41,6 @@ pub mod protocol;
 pub mod session;
 pub mod sim;
 pub mod transport;
+pub mod units;
 
 pub use error::{Error, Result};

@@ -267,37 +267,10 @@ pub struct SimArgs {
     pub device_file: Option<PathBuf>,
 }
 
-fn clean(s: &str) -> String {
-    s.trim().replace('_', "")
-}
-
-/// Parse a number: decimal or 0x-prefixed hex, `_` allowed.
-pub fn parse_u32(s: &str) -> Result<u32, String> {
-    let t = clean(s);
-    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(h) => u32::from_str_radix(h, 16),
-        None => t.parse::<u32>(),
-    };
-    r.map_err(|_| format!("'{s}' is not a 32-bit number (use decimal or 0x-prefixed hex)"))
-}
+pub use stm32boot::units::{parse_size, parse_u32};
 
 fn parse_u8(s: &str) -> Result<u8, String> {
-    let v = parse_u32(s)?;
-    u8::try_from(v).map_err(|_| format!("'{s}' does not fit in a byte"))
-}
-
-/// Parse a size: a number with an optional K or M suffix.
-pub fn parse_size(s: &str) -> Result<u32, String> {
-    let t = clean(s);
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1024u64),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
-        _ => (t.as_str(), 1),
-    };
-    let v = u64::from(
-        parse_u32(num).map_err(|_| format!("'{s}' is not a size (e.g. 4096, 0x1000, 16K, 1M)"))?,
-    ) * mult;
-    u32::try_from(v).map_err(|_| format!("'{s}' is larger than 4 GiB"))
+    stm32boot::units::parse_small(s)
 }
 
 fn parse_baud(s: &str) -> Result<u32, String> {
@@ -327,14 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn numbers_and_sizes() {
-        assert_eq!(parse_u32("0x0800_0000"), Ok(0x0800_0000));
-        assert_eq!(parse_u32("4096"), Ok(4096));
-        assert!(parse_u32("0x1_0000_0000").is_err());
-        assert_eq!(parse_size("16K"), Ok(16384));
-        assert_eq!(parse_size("0x10k"), Ok(16 * 1024));
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert!(parse_size("lots").is_err());
+    fn baud_and_timeout_scale_ranges() {
         assert!(parse_baud("50").is_err());
         assert!(parse_scale("0").is_err());
     }

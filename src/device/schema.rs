@@ -159,21 +159,12 @@ fn default_max_erase() -> usize {
 }
 
 fn parse_size(s: &Size, what: &str) -> std::result::Result<u32, String> {
-    let v = match s {
-        Size::Bytes(b) => *b,
-        Size::Text(t) => {
-            let t = t.trim();
-            let (num, mult) = match t.chars().last() {
-                Some('K' | 'k') => (&t[..t.len() - 1], 1024),
-                Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
-                _ => (t, 1),
-            };
-            num.trim().parse::<u64>().map_err(|_| {
-                format!("{what}: '{t}' is not a size (use bytes, or e.g. \"16K\", \"1M\")")
-            })? * mult
+    match s {
+        Size::Bytes(b) => {
+            u32::try_from(*b).map_err(|_| format!("{what}: {b} does not fit in 32 bits"))
         }
-    };
-    u32::try_from(v).map_err(|_| format!("{what}: {v} does not fit in 32 bits"))
+        Size::Text(t) => crate::units::parse_size(t).map_err(|e| format!("{what}: {e}")),
+    }
 }
 
 fn parse_hex_bytes(text: &str, what: &str) -> std::result::Result<Vec<u8>, String> {

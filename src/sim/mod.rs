@@ -62,16 +62,18 @@ impl SimSpec {
             match k {
                 "state" => out.state = Some(PathBuf::from(v)),
                 "version" => {
-                    out.version = Some(parse_u8(v).ok_or_else(|| {
+                    out.version = Some(crate::units::parse_small::<u8>(v).ok().ok_or_else(|| {
                         Error::InvalidRequest(format!(
                         "sim option version={v}: give a protocol version byte such as 0x31 or 0x33"
                     ))
                     })?)
                 }
-                "flash" => out.flash_size = Some(parse_size(v)?),
+                "flash" => {
+                    out.flash_size = Some(crate::units::parse_size(v).map_err(Error::InvalidRequest)?)
+                }
                 "uid" => out.uid_seed = Some(v.to_string()),
                 "pid" => {
-                    let pid = parse_u16(v).ok_or_else(|| {
+                    let pid = crate::units::parse_small::<u16>(v).ok().ok_or_else(|| {
                         Error::InvalidRequest(format!("sim option pid={v}: give a PID such as 0x4FF"))
                     })?;
                     out.pid = Some(pid);
@@ -127,33 +129,6 @@ impl SimSpec {
         }
         Ok(target)
     }
-}
-
-fn parse_u16(v: &str) -> Option<u16> {
-    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) => u16::from_str_radix(h, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
-
-fn parse_u8(v: &str) -> Option<u8> {
-    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) => u8::from_str_radix(h, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
-
-fn parse_size(v: &str) -> Result<u32> {
-    let t = v.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 1024u64),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| u32::try_from(n * mult).ok())
-        .ok_or_else(|| Error::InvalidRequest(format!("'{v}' is not a flash size (e.g. 256K, 1M)")))
 }
 
 /// A deterministic 96-bit unique ID from a seed (FNV-1a stretched over 12 bytes).
