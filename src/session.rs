@@ -68,6 +68,9 @@ impl Timeouts {
     }
 }
 
+/// How many 0x7F one [`Session::sync`] sends before it gives up.
+const SYNC_ATTEMPTS: u32 = 3;
+
 /// What the bootloader told us about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BootloaderInfo {
@@ -179,7 +182,7 @@ impl Session {
     /// Send 0x7F until the device answers ACK (synced) or NACK (already synced). Bytes that are
     /// neither are skipped.
     pub fn sync(&mut self) -> Result<SyncOutcome> {
-        let attempts = 3;
+        let attempts = SYNC_ATTEMPTS;
         self.link.discard_input()?;
         for _ in 0..attempts {
             self.link.write_all(&[SYNC])?;
@@ -496,7 +499,8 @@ impl Session {
         self.info = None;
         let settle = self.timeouts.apply(settle);
         self.link.delay(settle);
-        let per_try = self.timeouts.apply(self.timeouts.sync);
+        // Each sync() sends up to SYNC_ATTEMPTS bytes and waits for each.
+        let per_try = self.timeouts.apply(self.timeouts.sync) * SYNC_ATTEMPTS;
         let total = self.timeouts.apply(total);
         let tries = (total.as_secs_f64() / per_try.as_secs_f64().max(0.001)).ceil() as u32;
         let mut last = None;

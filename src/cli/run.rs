@@ -14,7 +14,7 @@ use stm32boot::device::{Device, DeviceTable, Page};
 use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
 use stm32boot::ops::flash::{self, WriteOptions};
-use stm32boot::ops::plan::{erase_steps, EraseStep, PlanOptions};
+use stm32boot::ops::plan::{erase_steps, EraseStep};
 use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
 use stm32boot::session::{Session, Timeouts};
 use stm32boot::sim::{pty::PtyEndpoint, SimSpec};
@@ -269,7 +269,7 @@ fn write(
 ) -> Result<Outcome> {
     let image = load_image(image_args)?;
     let mut conn = open(args, bars)?;
-    let mut plan_opts = PlanOptions::for_device(&conn.device);
+    let mut plan_opts = flash::plan_options(&conn);
     plan_opts.erase = !no_erase;
     plan_opts.skip_erased_blocks = !no_skip;
     let plan = flash::plan_write(&conn, &image, &plan_opts)?;
@@ -280,10 +280,7 @@ fn write(
         let erased: Vec<Page> = plan
             .erase
             .iter()
-            .flat_map(|s| match s {
-                EraseStep::Mass => device.pages.clone(),
-                EraseStep::Pages(p) => p.clone(),
-            })
+            .flat_map(|s| s.pages(&device).iter().copied())
             .collect();
         let mut text = format!(
             "plan for {file} on {}: {} erase command(s), {} page(s):\n{}\nthen {} Write Memory commands ({} bytes), {} all-erased block(s) skipped",
@@ -398,13 +395,7 @@ fn erase(
         .transpose()?;
     let mut conn = open(args, bars)?;
     let device = conn.device.clone();
-    let mut opts = PlanOptions::for_device(&device);
-    if !conn
-        .bootloader
-        .supports(stm32boot::protocol::Command::ExtendedErase)
-    {
-        opts.max_pages_per_erase = opts.max_pages_per_erase.min(255);
-    }
+    let opts = flash::plan_options(&conn);
     let invalid = |m: String| anyhow!(stm32boot::Error::InvalidRequest(m));
     let (pages, steps): (Vec<Page>, Vec<EraseStep>) = if what.all {
         (

@@ -46,15 +46,21 @@ pub struct WriteOptions {
     pub plan: PlanOptions,
 }
 
-/// The plan [`write_image`] would carry out on this connection.
-pub fn plan_write(conn: &Connection, image: &Image, options: &PlanOptions) -> Result<FlashPlan> {
-    let mut opts = options.clone();
+/// Planning options for this chip: the device's limits, and at most 255 pages per command where
+/// the bootloader only has the legacy Erase (0x43).
+pub fn plan_options(conn: &Connection) -> PlanOptions {
+    let mut opts = PlanOptions::for_device(&conn.device);
     if !conn.bootloader.supports(Command::ExtendedErase) {
         opts.max_pages_per_erase = opts
             .max_pages_per_erase
             .min(crate::protocol::MAX_LEGACY_ERASE_PAGES);
     }
-    FlashPlan::new(&conn.device, image, &opts)
+    opts
+}
+
+/// The plan [`write_image`] would carry out on this connection.
+pub fn plan_write(conn: &Connection, image: &Image, options: &PlanOptions) -> Result<FlashPlan> {
+    FlashPlan::new(&conn.device, image, options)
 }
 
 /// Erase the pages the image touches, write it, and verify it if asked.

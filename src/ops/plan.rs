@@ -44,9 +44,14 @@ pub enum EraseStep {
 impl EraseStep {
     /// How many pages the step erases on `device`.
     pub fn page_count(&self, device: &Device) -> usize {
+        self.pages(device).len()
+    }
+
+    /// The pages the step erases on `device`.
+    pub fn pages<'a>(&'a self, device: &'a Device) -> &'a [Page] {
         match self {
-            EraseStep::Pages(p) => p.len(),
-            EraseStep::Mass => device.pages.len(),
+            EraseStep::Pages(p) => p,
+            EraseStep::Mass => &device.pages,
         }
     }
 }
@@ -103,7 +108,6 @@ impl FlashPlan {
                 }
             }
         }
-        plan.pages.dedup();
         if options.erase {
             for page in &plan.pages {
                 let covered: usize = flash_image

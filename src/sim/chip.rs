@@ -318,16 +318,10 @@ impl Chip {
                 Reprogram::UnitBlankOrZero | Reprogram::UnitBlank | Reprogram::WordZero => {
                     let blank = target.iter().all(|&b| b == rules.erased);
                     let zero_write = chunk.iter().all(|&b| b == 0);
-                    let ok = match rules.reprogram {
-                        Reprogram::UnitBlankOrZero => blank || zero_write,
-                        Reprogram::WordZero => blank,
-                        _ => blank,
-                    };
+                    let ok = blank || (rules.reprogram == Reprogram::UnitBlankOrZero && zero_write);
                     if ok {
                         for (i, b) in chunk.iter().enumerate() {
-                            if covered(i) || rules.reprogram != Reprogram::AndBits {
-                                target[i] = if covered(i) { *b } else { rules.erased };
-                            }
+                            target[i] = if covered(i) { *b } else { rules.erased };
                         }
                     } else {
                         failed = true;

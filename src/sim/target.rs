@@ -7,7 +7,7 @@
 
 use super::chip::{Area, Chip};
 use crate::device::Quirk;
-use crate::protocol::{checksum, crc::stm32_crc_with, ACK, NACK, SYNC};
+use crate::protocol::{checksum, crc::stm32_crc_with, Command, ACK, NACK, SYNC};
 use std::time::Duration;
 
 /// What the simulated chip is running.
@@ -207,7 +207,7 @@ impl Target {
             return;
         }
         let under_rdp = self.chip.rdp_level() >= 1;
-        let allowed_under_rdp = matches!(cmd, 0x00 | 0x01 | 0x02 | 0x92);
+        let allowed_under_rdp = Command::from_code(cmd).is_some_and(Command::allowed_under_rdp);
         if under_rdp && !allowed_under_rdp {
             out.push(NACK);
             if self.quirk(Quirk::DoubleNack) {
