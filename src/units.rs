@@ -31,6 +31,26 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(v).map_err(|_| format!("'{s}' is larger than 4 GiB"))
 }
 
+/// Parse a duration such as `150ms`, `1s`, `20ms` or `2m` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration (e.g. 150ms, 1s, 2m): {e}"))
+}
+
+/// Parse a rate between 0 and 1 (`0.001`, or a percentage such as `0.1%`).
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    }
+    .map_err(|_| format!("'{s}' is not a rate (e.g. 0.001 or 0.1%)"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("'{s}' is not between 0 and 1"));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +67,12 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_small::<u8>("0x33"), Ok(0x33));
         assert!(parse_small::<u8>("0x133").is_err());
+        assert_eq!(
+            parse_duration("150ms"),
+            Ok(std::time::Duration::from_millis(150))
+        );
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_rate("0.5%"), Ok(0.005));
+        assert!(parse_rate("2").is_err());
     }
 }

@@ -315,6 +315,11 @@ fn go_starts_the_application_and_refuses_option_bytes() {
     let out = ok(&["go", "--port", &sim.port(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["address"], 0x0800_0000);
+    // The chip now runs whatever is at 0x08000000 and ignores the bootloader protocol, as a
+    // real one does until it is reset with BOOT0 high.
+    let err = fails(&["info", "--port", &sim.port()], 3);
+    assert!(err.contains("running its application"), "{err}");
+    let sim = SimChip::new(F411);
     let err = fails(&["go", "0x1FFFC000", "--port", &sim.port()], 5);
     assert!(
         err.contains("Go (0x21)") && err.contains("address"),

@@ -27,7 +27,7 @@ pub struct Cli {
 /// Options for reaching the chip.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Serial port (/dev/ttyUSB0, COM3) or simulated target (sim:stm32f411[?state=FILE]).
+    /// Port: /dev/ttyUSB0, COM3, tcp://HOST:PORT, rfc2217://HOST:PORT or sim:PART[?state=FILE].
     #[arg(long, short, env = "STM32BOOT_PORT")]
     pub port: Option<String>,
 
@@ -244,15 +244,49 @@ pub enum OnOff {
 
 /// Options of `stm32boot sim`.
 #[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["pty", "tcp", "rfc2217"])))]
 pub struct SimArgs {
-    /// Part to simulate (e.g. stm32f411, stm32l476; `stm32boot devices` lists them).
+    /// Part to simulate, with options as after `--port sim:` (e.g. stm32f411, or
+    /// 'stm32l476?timing=typical&seed=7'); `stm32boot devices` lists the parts.
     pub part: String,
-    /// Serve on a pseudo-terminal and print its path.
-    #[arg(long, required = true)]
-    pub pty: bool,
-    /// Also create this symlink to the pseudo-terminal, for a stable path.
+    /// Serve on a pseudo-terminal (8N1: a pty has no parity and no modem lines) and print its
+    /// path.
     #[arg(long)]
+    pub pty: bool,
+    /// With --pty: also create this symlink to the pseudo-terminal, for a stable path.
+    #[arg(long, requires = "pty")]
     pub link: Option<PathBuf>,
+    /// Serve raw TCP on this address (e.g. 127.0.0.1:7001; port 0 picks one), one client at a
+    /// time, at --baud 8E1.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<String>,
+    /// Serve RFC 2217 on this address (e.g. 127.0.0.1:7000): clients set baud rate and parity,
+    /// purge, and drive DTR/RTS, which reach NRST and BOOT0.
+    #[arg(long, value_name = "ADDR")]
+    pub rfc2217: Option<String>,
+    /// Line rate of the chip's UART behind a TCP endpoint (RFC 2217 clients may change it).
+    #[arg(long, default_value_t = 115_200, value_parser = parse_baud)]
+    pub baud: u32,
+    /// Timing model: fast (nothing takes time), typical or max (wire rate and datasheet flash
+    /// and start-up times).
+    #[arg(long, value_parser = ["fast", "typical", "max"])]
+    pub timing: Option<String>,
+    /// In application mode, this string makes the firmware jump to the bootloader (as field
+    /// firmware does for remote updates).
+    #[arg(long, value_name = "STRING")]
+    pub app_enter_bootloader: Option<String>,
+    /// Which control line drives NRST (asserted = held in reset unless --invert-nrst).
+    #[arg(long, value_parser = ["dtr", "rts", "none"])]
+    pub nrst: Option<String>,
+    /// What drives BOOT0: a control line (asserted = low unless --invert-boot0) or a fixed level.
+    #[arg(long, value_parser = ["rts", "dtr", "high", "low"])]
+    pub boot0: Option<String>,
+    /// The NRST line is active high (asserted releases reset).
+    #[arg(long)]
+    pub invert_nrst: bool,
+    /// The BOOT0 line is active high (asserted drives BOOT0 high).
+    #[arg(long)]
+    pub invert_boot0: bool,
     /// Load memory from this file at start and save it on exit.
     #[arg(long)]
     pub state: Option<PathBuf>,

@@ -17,7 +17,8 @@ use stm32boot::ops::flash::{self, WriteOptions};
 use stm32boot::ops::plan::{erase_steps, EraseStep};
 use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
 use stm32boot::session::{Session, Timeouts};
-use stm32boot::sim::{pty::PtyEndpoint, SimSpec};
+use stm32boot::sim::endpoint::{NetEndpoint, NetKind, RealClock};
+use stm32boot::sim::{pty::PtyEndpoint, ControlLine, PinDrive, SimSpec, Wire};
 use stm32boot::transport::{serial, PortSpec};
 
 /// What a command produced.
@@ -688,40 +689,133 @@ fn devices(filter: Option<&str>) -> Result<Outcome> {
 
 fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
     let table = table(args.device_file.as_deref())?;
-    let spec = SimSpec {
-        part: args.part.clone(),
-        state: args.state.clone(),
-        version: args.bootloader_version,
-        flash_size: args.flash_size,
-        uid_seed: None,
-        pid: None,
-    };
-    let mut target = spec.build(&table)?;
-    let mut endpoint = PtyEndpoint::open(args.link.as_deref())?;
+    let spec = sim_spec(args)?;
+    let target = spec.build(&table)?;
+    let name = target.chip().device().name.clone();
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
             .context("installing the signal handler")?;
     }
-    // The path goes to stdout at once so that scripts can read it; the rest to stderr.
-    println!(
-        "{}",
-        args.link.as_deref().unwrap_or(endpoint.path()).display()
-    );
-    bars.note(Note::Info(format!(
-        "simulating a {} on {} (8N1 on a pseudo-terminal); stop with Ctrl-C",
-        target.chip().device().name,
-        endpoint.path().display()
-    )));
-    use std::io::Write as _;
-    std::io::stdout().flush().ok();
-    endpoint.serve(&mut target, &stop)?;
-    if let Some(state) = &args.state {
-        stm32boot::sim::state::save(target.chip(), state)?;
+    let clock = RealClock::start();
+    let timing = format!("{:?} timing", spec.wire.timing).to_lowercase();
+    // The address goes to stdout at once so that scripts can read it; the rest to stderr.
+    let mut wire;
+    if args.pty {
+        let mut endpoint = PtyEndpoint::open(args.link.as_deref())?;
+        let line = LineSettings {
+            baud: args.baud,
+            parity: Parity::None,
+        };
+        wire = Wire::new(target, spec.wire, line);
+        announce(
+            &args
+                .link
+                .as_deref()
+                .unwrap_or(endpoint.path())
+                .display()
+                .to_string(),
+        );
+        bars.note(Note::Info(format!(
+            "simulating a {name} on {} (8N1 on a pseudo-terminal, {timing}); stop with Ctrl-C",
+            endpoint.path().display()
+        )));
+        endpoint.serve(&mut wire, &clock, &stop)?;
+    } else {
+        let (addr, kind, scheme) = match (&args.tcp, &args.rfc2217) {
+            (Some(a), _) => (a, NetKind::Tcp, "tcp"),
+            (_, Some(a)) => (a, NetKind::Rfc2217, "rfc2217"),
+            _ => bail!("give --pty, --tcp ADDR or --rfc2217 ADDR"),
+        };
+        let endpoint = NetEndpoint::bind(addr, kind)?;
+        let line = LineSettings {
+            baud: args.baud,
+            parity: Parity::Even,
+        };
+        wire = Wire::new(target, spec.wire, line);
+        let local = endpoint.local_addr()?;
+        announce(&format!("{scheme}://{local}"));
+        bars.note(Note::Info(format!(
+            "simulating a {name} on {scheme}://{local} ({} baud, {timing}); stop with Ctrl-C",
+            args.baud
+        )));
+        endpoint.run(&mut wire, &clock, &stop, &mut |event| {
+            bars.note(Note::Info(event))
+        })?;
     }
+    if let Some(state) = &spec.state {
+        stm32boot::sim::state::save_target(wire.target(), state)?;
+    }
+    let stats = wire.stats();
     Ok(Outcome {
         text: String::new(),
-        json: json!({ "stopped": true }),
+        json: json!({
+            "stopped": true,
+            "bytes_to_device": stats.to_device,
+            "bytes_to_host": stats.to_host,
+            "overruns": stats.overruns,
+        }),
     })
+}
+
+/// Print the endpoint's address as the first line of stdout, at once.
+fn announce(address: &str) {
+    use std::io::Write as _;
+    println!("{address}");
+    std::io::stdout().flush().ok();
+}
+
+/// The simulator spec from the part argument (which may carry `?options`) and the flags, which
+/// win over the options.
+fn sim_spec(args: &SimArgs) -> Result<SimSpec> {
+    let mut spec = SimSpec::parse(&args.part)?;
+    if args.state.is_some() {
+        spec.state = args.state.clone();
+    }
+    if args.bootloader_version.is_some() {
+        spec.version = args.bootloader_version;
+    }
+    if args.flash_size.is_some() {
+        spec.flash_size = args.flash_size;
+    }
+    if let Some(t) = &args.timing {
+        spec.wire.timing = t.parse().map_err(|e: String| anyhow!(e))?;
+    }
+    if args.app_enter_bootloader.is_some() {
+        spec.app_magic = args.app_enter_bootloader.clone();
+    }
+    let line = |name: &str| match name {
+        "dtr" => ControlLine::Dtr,
+        _ => ControlLine::Rts,
+    };
+    if let Some(n) = &args.nrst {
+        spec.wire.wiring.nrst = match n.as_str() {
+            "none" => PinDrive::Fixed(true),
+            l => PinDrive::Line {
+                line: line(l),
+                inverted: false,
+            },
+        };
+    }
+    if let Some(b) = &args.boot0 {
+        spec.wire.wiring.boot0 = match b.as_str() {
+            "high" => PinDrive::Fixed(true),
+            "low" => PinDrive::Fixed(false),
+            l => PinDrive::Line {
+                line: line(l),
+                inverted: false,
+            },
+        };
+    }
+    let invert = |d: PinDrive, on: bool| match d {
+        PinDrive::Line { line, inverted } => PinDrive::Line {
+            line,
+            inverted: inverted || on,
+        },
+        fixed => fixed,
+    };
+    spec.wire.wiring.nrst = invert(spec.wire.wiring.nrst, args.invert_nrst);
+    spec.wire.wiring.boot0 = invert(spec.wire.wiring.boot0, args.invert_boot0);
+    Ok(spec)
 }

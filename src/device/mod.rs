@@ -121,6 +121,25 @@ pub struct FlashRules {
     pub program_us_per_byte: (u32, u32),
     /// Mass erase time in ms: (typical, maximum).
     pub mass_erase_ms: (u32, u32),
+    /// The bootloader's start-up delay after reset, in µs (AN2606 Table 227; estimates where
+    /// the table has no figure).
+    pub startup_us: u32,
+    /// Option bits that take over from the BOOT0 pin (G0 nBOOT_SEL, G4/L4+ nSWBOOT0).
+    pub boot_select: Option<BootSelect>,
+    /// An empty flash boots the ROM bootloader whatever BOOT0 says (G0; L45x/46x PEMPTY;
+    /// F04x/F09x).
+    pub empty_check: bool,
+}
+
+/// Option bits that replace the BOOT0 pin: when `select` matches, BOOT0 is the inverse of the
+/// `nboot0` bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSelect {
+    /// The bit that makes the option bit the boot source (nBOOT_SEL = 1, nSWBOOT0 = 0).
+    pub select: OptionBit,
+    /// The nBOOT0 bit (`set` is ignored): BOOT0 = 0 when it is set.
+    pub nboot0: OptionBit,
 }
 
 /// Everything known about one part.
@@ -196,7 +215,7 @@ pub struct LayoutRule {
 }
 
 /// One bit of an option byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptionBit {
     /// Address of the option byte.
@@ -345,6 +364,9 @@ impl Device {
                 erase_ms: Vec::new(),
                 program_us_per_byte: (10, 100),
                 mass_erase_ms: (1000, 35_000),
+                startup_us: 5_000,
+                boot_select: None,
+                empty_check: false,
             },
             max_erase_pages: 1,
             mass_erase: true,

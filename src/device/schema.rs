@@ -1,6 +1,6 @@
 //! The TOML schema of device tables and how entries become [`Device`]s.
 
-use super::{AddrRange, Device, FlashRules, LayoutRule, OptionBit, Otp, Page, Quirk};
+use super::{AddrRange, BootSelect, Device, FlashRules, LayoutRule, OptionBit, Otp, Page, Quirk};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -72,6 +72,9 @@ struct FamilyEntry {
     erase_ms: BTreeMap<String, (u32, u32)>,
     program_us_per_byte: Option<(u32, u32)>,
     mass_erase_ms: Option<(u32, u32)>,
+    startup_us: Option<u32>,
+    boot_select: Option<BootSelect>,
+    empty_check: Option<bool>,
     #[serde(default)]
     ob_default: Vec<ObDefault>,
 }
@@ -290,6 +293,12 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
             .mass_erase_ms
             .or(fam.mass_erase_ms)
             .unwrap_or((1000, 35000)),
+        startup_us: r.startup_us.or(fam.startup_us).unwrap_or(5_000),
+        boot_select: r.boot_select.or(fam.boot_select),
+        empty_check: r.empty_check.or(fam.empty_check).unwrap_or(false)
+            || e.quirks
+                .iter()
+                .any(|q| matches!(q, Quirk::Pempty | Quirk::OblLaunch)),
     };
     if !rules.program_unit.is_power_of_two() || !rules.write_align.is_power_of_two() {
         return Err(format!(

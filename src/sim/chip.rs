@@ -428,6 +428,64 @@ impl Chip {
         }
     }
 
+    /// Erase the first `fraction` of page number `index`, as an erase cut short by a power loss
+    /// leaves it (the rest keeps its old bytes). Returns false if there is no such page.
+    pub fn erase_page_partially(&mut self, index: u16, fraction: f64) -> bool {
+        let Some(pos) = self.device.pages.iter().position(|p| p.index == index) else {
+            return false;
+        };
+        let page = self.device.pages[pos];
+        if self.is_write_protected(page.address) {
+            return true;
+        }
+        let off = (page.address - self.device.flash.start) as usize;
+        let n =
+            ((f64::from(page.size) * fraction.clamp(0.0, 1.0)) as usize).min(page.size as usize);
+        let erased = self.device.rules.erased;
+        self.flash[off..off + n].fill(erased);
+        true
+    }
+
+    /// Whether the chip boots its ROM bootloader rather than the flash: the BOOT0 pin, unless
+    /// the family's option bits take over (G0 nBOOT_SEL, G4/L4+ nSWBOOT0), and the empty check
+    /// of families that boot the ROM when the flash is blank.
+    pub fn boots_system_memory(&self, boot0_pin: bool) -> bool {
+        let bit = |b: crate::device::OptionBit| self.ob_byte(b.address).map(|v| v & b.mask != 0);
+        let boot0 = match self.device.rules.boot_select {
+            Some(sel) if bit(sel.select) == Some(sel.select.set) => {
+                bit(sel.nboot0).map(|n| !n).unwrap_or(boot0_pin)
+            }
+            _ => boot0_pin,
+        };
+        boot0 || (self.device.rules.empty_check && self.flash_is_empty())
+    }
+
+    /// Whether the first word of flash is erased (what the empty check looks at).
+    pub fn flash_is_empty(&self) -> bool {
+        let e = self.device.rules.erased;
+        self.flash.iter().take(4).all(|&b| b == e)
+    }
+
+    /// The application's initial stack pointer and reset vector, if the first two words of
+    /// flash look like a vector table (stack pointer inside RAM, Thumb reset vector in flash).
+    pub fn app_vectors(&self) -> Option<(u32, u32)> {
+        let w = |i: usize| -> Option<u32> {
+            let b = self.flash.get(i * 4..i * 4 + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (sp, pc) = (w(0)?, w(1)?);
+        let ram = &self.device.ram;
+        let sp_ok = sp > ram.start && sp <= ram.end.saturating_add(1);
+        let pc_ok = pc & 1 == 1 && self.device.flash.contains(pc & !1);
+        (sp_ok && pc_ok).then_some((sp, pc & !1))
+    }
+
+    /// Power lost and restored: RAM content is gone, and the flash controller is reset.
+    pub fn power_cycle(&mut self) {
+        self.ram.fill(0);
+        self.reset();
+    }
+
     /// How often each page was erased, in page order.
     pub fn erase_counts(&self) -> &[u32] {
         &self.erase_counts

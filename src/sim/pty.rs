@@ -1,20 +1,24 @@
 //! Serving a simulated target on a pseudo-terminal, for clients that open a serial device path
-//! (our own serial transport, stm32flash with `-m 8n1`).
+//! (our own serial transport, stm32flash with `-m 8n1`). The chip sees the baud rate the client
+//! sets on the slave side, with no parity: a pseudo-terminal has none (links.md §3.3).
 //!
 //! The endpoint keeps its own handle on the slave side open, so that clients can come and go
 //! without the master seeing a hang-up, and puts the slave in raw mode before any client opens
 //! it, so that nothing is echoed.
 
-use super::target::Target;
+use super::endpoint::{serve, Connection, RealClock};
+use super::wire::Wire;
 use crate::error::{Error, Result};
+use crate::link::{LineSettings, Parity};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::openpty;
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A pseudo-terminal pair whose slave path clients open.
 pub struct PtyEndpoint {
@@ -58,43 +62,88 @@ impl PtyEndpoint {
         &self.path
     }
 
-    /// Serve `target` until `stop` is set. Bytes are fed one at a time, replies written at once.
-    pub fn serve(&mut self, target: &mut Target, stop: &AtomicBool) -> Result<()> {
-        let mut buf = [0u8; 1024];
-        let mut out = Vec::with_capacity(512);
+    /// Serve the wire until `stop` is set. Clients may open and close the slave side as often
+    /// as they like; the chip keeps running in between.
+    pub fn serve(&mut self, wire: &mut Wire, clock: &RealClock, stop: &AtomicBool) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
-            let ready = {
-                let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::from(100u16)) {
-                    Ok(n) => n,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(Error::io("waiting for the pseudo-terminal", e.into())),
-                }
+            let mut conn = PtyConnection {
+                master: &mut self.master,
+                slave: &self._slave,
+                buf: [0; 1024],
+                baud: 0,
             };
-            if ready == 0 {
-                continue;
-            }
-            let n = match self.master.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // EIO: no client has the slave open at the moment.
-                Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                    continue;
-                }
-                Err(e) => return Err(Error::io("reading the pseudo-terminal", e)),
-            };
-            for &b in &buf[..n] {
-                target.feed(b, &mut out);
-            }
-            if !out.is_empty() {
-                self.master
-                    .write_all(&out)
-                    .map_err(|e| Error::io("writing the pseudo-terminal", e))?;
-                out.clear();
-            }
+            serve(wire, clock, &mut conn, stop)?;
         }
         Ok(())
+    }
+}
+
+/// The master side of the pair as a [`Connection`]. A pseudo-terminal carries no parity and no
+/// modem lines: the chip sees 8N1 at whatever baud rate the client set on the slave side.
+struct PtyConnection<'a> {
+    master: &'a mut File,
+    slave: &'a OwnedFd,
+    buf: [u8; 1024],
+    baud: u32,
+}
+
+impl PtyConnection<'_> {
+    /// The output rate the client set on the slave side. Read with TCGETS2, which reports the
+    /// number itself: clients such as serialport-rs set rates with BOTHER, which the classic
+    /// termios speed constants cannot express.
+    fn client_baud(&self) -> Option<u32> {
+        // SAFETY: termios2 is plain old data, and TCGETS2 fills it from the descriptor we own.
+        let mut t: nix::libc::termios2 = unsafe { std::mem::zeroed() };
+        let r = unsafe { nix::libc::ioctl(self.slave.as_raw_fd(), nix::libc::TCGETS2, &mut t) };
+        (r == 0).then_some(t.c_ospeed)
+    }
+}
+
+impl Connection for PtyConnection<'_> {
+    fn receive(&mut self, wire: &mut Wire, clock: &RealClock, timeout: Duration) -> Result<bool> {
+        let ms = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let ready = {
+            let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => return Ok(true),
+                Err(e) => return Err(Error::io("waiting for the pseudo-terminal", e.into())),
+            }
+        };
+        if ready == 0 {
+            return Ok(true);
+        }
+        let n = match self.master.read(&mut self.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
+            // EIO: no client has the slave open at the moment.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                std::thread::sleep(Duration::from_millis(20));
+                return Ok(true);
+            }
+            Err(e) => return Err(Error::io("reading the pseudo-terminal", e)),
+        };
+        let now = clock.now();
+        if let Some(baud) = self.client_baud() {
+            if baud != self.baud && baud > 0 {
+                self.baud = baud;
+                wire.set_line(
+                    now,
+                    LineSettings {
+                        baud,
+                        parity: Parity::None,
+                    },
+                );
+            }
+        }
+        wire.host_send(now, &self.buf[..n]);
+        Ok(true)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.master
+            .write_all(bytes)
+            .map_err(|e| Error::io("writing the pseudo-terminal", e))
     }
 }
 

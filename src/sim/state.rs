@@ -2,9 +2,11 @@
 //! chip and tests can check what a client really wrote.
 //!
 //! Format: the line `stm32boot-sim-state 1`, one line of JSON describing the regions, then the
-//! regions' raw bytes back to back. Written to a temporary file and renamed into place.
+//! regions' raw bytes back to back. The header also records what the chip was running, so a
+//! bootloader left synced by one command is still synced for the next, as on a powered board. Written to a temporary file and renamed into place.
 
 use super::chip::Chip;
+use super::target::{Mode, Target};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -20,10 +22,40 @@ struct Header {
     option_bytes: Vec<usize>,
     otp: usize,
     erase_counts: Vec<u32>,
+    /// What the chip was running when saved; absent means it starts from a reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    running: Option<Running>,
+}
+
+/// What a powered chip was running, so that the next command finds it as the last one left it
+/// (a bootloader stays synced until something resets the chip).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum Running {
+    Bootloader,
+    BootloaderSynced,
+    Application { entry: u32 },
+    Lockup,
 }
 
 /// Save flash, option bytes, OTP and erase counters.
 pub fn save(chip: &Chip, path: &Path) -> Result<()> {
+    save_running(chip, None, path)
+}
+
+/// Save the chip and what it is running (a chip without power is saved as one that will boot).
+pub fn save_target(target: &Target, path: &Path) -> Result<()> {
+    let running = match target.mode() {
+        Mode::BootloaderUnsynced => Some(Running::Bootloader),
+        Mode::Bootloader => Some(Running::BootloaderSynced),
+        Mode::Application { entry } => Some(Running::Application { entry }),
+        Mode::Lockup => Some(Running::Lockup),
+        Mode::Off => None,
+    };
+    save_running(target.chip(), running, path)
+}
+
+fn save_running(chip: &Chip, running: Option<Running>, path: &Path) -> Result<()> {
     let header = Header {
         pid: chip.device().pid,
         part: chip.device().name.clone(),
@@ -31,6 +63,7 @@ pub fn save(chip: &Chip, path: &Path) -> Result<()> {
         option_bytes: chip.option_bytes.iter().map(Vec::len).collect(),
         otp: chip.otp.len(),
         erase_counts: chip.erase_counts.clone(),
+        running,
     };
     let json = serde_json::to_string(&header)
         .map_err(|e| Error::Device(format!("encoding sim state: {e}")))?;
@@ -52,8 +85,9 @@ pub fn save(chip: &Chip, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(ctx("replacing"), e))
 }
 
-/// Load what [`save`] wrote into a chip of the same part.
-pub fn load(chip: &mut Chip, path: &Path) -> Result<()> {
+/// Load what [`save`] wrote into a chip of the same part; returns what the chip was running,
+/// if that was saved.
+pub fn load(chip: &mut Chip, path: &Path) -> Result<Option<Mode>> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading sim state {}", path.display()), e))?;
     let bad = |why: &str| {
@@ -101,7 +135,12 @@ pub fn load(chip: &mut Chip, path: &Path) -> Result<()> {
     if header.erase_counts.len() == chip.erase_counts.len() {
         chip.erase_counts = header.erase_counts;
     }
-    Ok(())
+    Ok(header.running.map(|r| match r {
+        Running::Bootloader => Mode::BootloaderUnsynced,
+        Running::BootloaderSynced => Mode::Bootloader,
+        Running::Application { entry } => Mode::Application { entry },
+        Running::Lockup => Mode::Lockup,
+    }))
 }
 
 #[cfg(test)]

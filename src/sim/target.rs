@@ -17,11 +17,83 @@ pub enum Mode {
     BootloaderUnsynced,
     /// The ROM bootloader, synced and taking commands.
     Bootloader,
-    /// The application (after Go). It ignores AN3155 traffic.
+    /// The application (booted from flash, or after Go). It ignores AN3155 traffic; a magic
+    /// string, if configured, makes it jump to the bootloader.
     Application {
-        /// Where Go jumped.
+        /// Where it started.
         entry: u32,
     },
+    /// Booted from a flash with no valid vector table: the core locked up and ignores the UART.
+    Lockup,
+    /// No power.
+    Off,
+}
+
+/// Flash or option-byte work a command caused, at the datasheet's typical and maximum figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Duration at typical figures.
+    pub typical: Duration,
+    /// Duration at maximum figures.
+    pub max: Duration,
+}
+
+impl Work {
+    fn add(&mut self, typical: Duration, max: Duration) {
+        self.typical += typical;
+        self.max += max;
+    }
+
+    /// Whether there is no work.
+    pub fn is_zero(&self) -> bool {
+        self.max.is_zero() && self.typical.is_zero()
+    }
+}
+
+/// Which operation an injected fault fires at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// A Write Memory into flash.
+    Write,
+    /// Any erase (page, bank, mass, and readout unprotect's mass erase).
+    Erase,
+}
+
+/// What happens at the chosen operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// A system reset (NRST or a watchdog): RAM survives; the chip boots as its pins say.
+    Reset,
+    /// Power lost: nothing answers until power returns, and RAM is lost.
+    PowerLoss,
+}
+
+/// A fault at the `nth` operation of a kind (counted from 1 since the simulator started): the
+/// operation is cut off after `fraction` of it (a block half programmed, some pages erased and
+/// the current one partly), no reply is sent, and then `kind` happens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpFault {
+    /// The kind of operation.
+    pub op: FaultOp,
+    /// Which one, from 1.
+    pub nth: u64,
+    /// How much of it completes, 0.0 to 1.0.
+    pub fraction: f64,
+    /// Reset or power loss.
+    pub kind: FaultKind,
+}
+
+/// What happened inside the chip while it handled one byte, for the timing model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Flash work done.
+    pub work: Work,
+    /// The reply was sent before the work (readout unprotect, option-byte writes).
+    pub reply_first: bool,
+    /// The chip (re)started: the ROM or application needs its start-up time before it listens.
+    pub restarted: bool,
+    /// An injected fault fired.
+    pub fault: Option<FaultKind>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -67,9 +139,18 @@ pub struct Target {
     special_ops: Vec<u16>,
     pending_reset: bool,
     extra_ack_pending: bool,
-    busy: Duration,
+    effects: Effects,
     commands_seen: u64,
     pid: u16,
+    boot0_pin: bool,
+    app_magic: Option<Vec<u8>>,
+    app_seen: Vec<u8>,
+    boot_output: Vec<u8>,
+    op_fault: Option<OpFault>,
+    writes_seen: u64,
+    erases_seen: u64,
+    nack_at: Option<u64>,
+    resumed: bool,
 }
 
 impl Target {
@@ -87,10 +168,51 @@ impl Target {
             special_ops: Vec::new(),
             pending_reset: false,
             extra_ack_pending: false,
-            busy: Duration::ZERO,
+            effects: Effects::default(),
             commands_seen: 0,
             pid,
+            boot0_pin: true,
+            app_magic: None,
+            app_seen: Vec::new(),
+            boot_output: Vec::new(),
+            op_fault: None,
+            writes_seen: 0,
+            erases_seen: 0,
+            nack_at: None,
+            resumed: false,
         }
+    }
+
+    /// Continue in `mode`, as a chip that stayed powered since the state was saved.
+    pub fn resume(&mut self, mode: Mode) {
+        self.mode = mode;
+        self.resumed = true;
+    }
+
+    /// Whether the chip continues a saved run rather than starting from power-on.
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// A string that makes the application jump to the bootloader, as field firmware does for
+    /// remote updates.
+    pub fn set_app_magic(&mut self, magic: Option<Vec<u8>>) {
+        self.app_magic = magic.filter(|m| !m.is_empty());
+    }
+
+    /// Arm a fault at an operation.
+    pub fn set_op_fault(&mut self, fault: Option<OpFault>) {
+        self.op_fault = fault;
+    }
+
+    /// NACK the `n`th command (counted from 1 since the simulator started), once.
+    pub fn set_nack_at(&mut self, n: Option<u64>) {
+        self.nack_at = n;
+    }
+
+    /// The level of the BOOT0 pin, sampled at the next reset.
+    pub fn set_boot0_pin(&mut self, high: bool) {
+        self.boot0_pin = high;
     }
 
     /// Override the protocol version and command list (`?version=0x33` adds Get Checksum).
@@ -129,18 +251,107 @@ impl Target {
         self.commands_seen
     }
 
-    /// Flash work time accumulated since the last call (for timing models).
-    pub fn take_busy(&mut self) -> Duration {
-        std::mem::take(&mut self.busy)
+    /// What the bytes fed since the last call did (for timing models).
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
     }
 
-    /// System reset: back into the bootloader, unsynced (BOOT0 selects system memory).
+    /// Bytes the chip sends by itself after starting (the application's banner).
+    pub fn take_boot_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.boot_output)
+    }
+
+    /// System reset: the chip boots the ROM bootloader (unsynced) or the application, as the
+    /// BOOT0 pin and the part's boot option bits say.
     pub fn reset(&mut self) {
         self.chip.reset();
-        self.mode = Mode::BootloaderUnsynced;
         self.rx = Rx::Command;
         self.buf.clear();
         self.pending_reset = false;
+        self.extra_ack_pending = false;
+        self.app_seen.clear();
+        self.boot_output.clear();
+        self.effects.restarted = true;
+        if self.chip.boots_system_memory(self.boot0_pin) {
+            self.mode = Mode::BootloaderUnsynced;
+            return;
+        }
+        match self.chip.app_vectors() {
+            Some((_, entry)) => self.start_app(entry),
+            None => self.mode = Mode::Lockup,
+        }
+    }
+
+    /// Power removed.
+    pub fn power_off(&mut self) {
+        self.mode = Mode::Off;
+        self.rx = Rx::Command;
+        self.buf.clear();
+        self.boot_output.clear();
+    }
+
+    /// Power restored: RAM is lost, then the chip boots as after a reset.
+    pub fn power_on(&mut self) {
+        self.chip.power_cycle();
+        self.reset();
+    }
+
+    fn start_app(&mut self, entry: u32) {
+        self.mode = Mode::Application { entry };
+        self.boot_output = format!(
+            "{} application running from 0x{entry:08X}\r\n",
+            self.chip.device().name
+        )
+        .into_bytes();
+    }
+
+    fn app_byte(&mut self, byte: u8) {
+        let Some(magic) = &self.app_magic else {
+            return;
+        };
+        self.app_seen.push(byte);
+        if self.app_seen.len() > magic.len() {
+            let cut = self.app_seen.len() - magic.len();
+            self.app_seen.drain(..cut);
+        }
+        if self.app_seen == *magic {
+            // The firmware jumps to the ROM, which starts unsynced.
+            self.app_seen.clear();
+            self.mode = Mode::BootloaderUnsynced;
+            self.rx = Rx::Command;
+            self.effects.restarted = true;
+        }
+    }
+
+    /// Count an operation and, if a fault is armed for it, return how much of it completes.
+    fn fault_for(&mut self, op: FaultOp) -> Option<f64> {
+        let n = match op {
+            FaultOp::Write => {
+                self.writes_seen += 1;
+                self.writes_seen
+            }
+            FaultOp::Erase => {
+                self.erases_seen += 1;
+                self.erases_seen
+            }
+        };
+        let f = self.op_fault?;
+        if f.op != op || f.nth != n {
+            return None;
+        }
+        Some(f.fraction)
+    }
+
+    /// The armed fault fires now: the current operation was cut short and nothing is sent.
+    fn fire_fault(&mut self) {
+        let Some(f) = self.op_fault.take() else {
+            return;
+        };
+        self.effects.fault = Some(f.kind);
+        match f.kind {
+            FaultKind::Reset => self.reset(),
+            FaultKind::PowerLoss => self.power_off(),
+        }
     }
 
     fn has(&self, code: u8) -> bool {
@@ -154,7 +365,8 @@ impl Target {
     /// Feed one received byte; replies go to `out`.
     pub fn feed(&mut self, byte: u8, out: &mut Vec<u8>) {
         match self.mode {
-            Mode::Application { .. } => {}
+            Mode::Application { .. } => self.app_byte(byte),
+            Mode::Lockup | Mode::Off => {}
             Mode::BootloaderUnsynced => {
                 if byte == SYNC {
                     self.mode = Mode::Bootloader;
@@ -182,6 +394,11 @@ impl Target {
                     return;
                 }
                 self.commands_seen += 1;
+                if self.nack_at == Some(self.commands_seen) {
+                    self.nack_at = None;
+                    out.push(NACK);
+                    return;
+                }
                 self.start_command(cmd, out);
             }
             Rx::Field { step, need } => {
@@ -243,21 +460,28 @@ impl Target {
             0x63 => self.expect(Step::WpCount, 1),
             0x73 => {
                 self.chip.write_unprotect();
-                self.busy += ob_program_time();
+                self.option_work();
                 out.push(ACK);
                 self.pending_reset = true;
             }
             0x82 => {
                 self.chip.set_rdp_level1();
-                self.busy += ob_program_time();
+                self.option_work();
                 out.push(ACK);
                 self.pending_reset = true;
             }
             0x92 => {
+                // Both ACKs go out before the erase starts (OpenBootloader).
                 out.push(ACK);
+                self.effects.reply_first = true;
+                let (typ, max) = self.chip.device().rules.mass_erase_ms;
+                self.effects.work.add(ms(typ), ms(max));
+                if let Some(fraction) = self.fault_for(FaultOp::Erase) {
+                    self.cut_mass_erase(None, fraction);
+                    self.fire_fault();
+                    return;
+                }
                 self.chip.readout_unprotect();
-                let (_, max) = self.chip.device().rules.mass_erase_ms;
-                self.busy += Duration::from_millis(u64::from(max));
                 self.pending_reset = true;
             }
             0xA1 => self.expect(Step::CkAddr, 5),
@@ -304,7 +528,12 @@ impl Target {
             Step::GoAddr => match Self::addr_field(f) {
                 Some(addr) if matches!(self.chip.area(addr, 8), Some(Area::Flash | Area::Ram)) => {
                     out.push(ACK);
-                    self.mode = Mode::Application { entry: addr };
+                    let flash_base = self.chip.device().flash.start;
+                    if addr == flash_base && self.chip.app_vectors().is_some() {
+                        self.start_app(addr);
+                    } else {
+                        self.mode = Mode::Application { entry: addr };
+                    }
                 }
                 Some(_) => self.bad_address(out),
                 None => out.push(NACK),
@@ -339,16 +568,30 @@ impl Target {
                     out.push(NACK);
                     return;
                 }
-                let resets = self.chip.write(area, addr, data);
                 if area == Area::Flash {
-                    let (_, max) = self.chip.device().rules.program_us_per_byte;
-                    self.busy += Duration::from_micros(u64::from(max) * data.len() as u64);
+                    let (typ, max) = self.chip.device().rules.program_us_per_byte;
+                    let n = data.len() as u64;
+                    self.effects.work.add(
+                        Duration::from_micros(u64::from(typ) * n),
+                        Duration::from_micros(u64::from(max) * n),
+                    );
+                    if let Some(fraction) = self.fault_for(FaultOp::Write) {
+                        let unit = self.chip.device().rules.program_unit as usize;
+                        let done = (data.len() as f64 * fraction.clamp(0.0, 1.0)) as usize;
+                        let done = done / unit * unit;
+                        if done > 0 {
+                            self.chip.write(area, addr, &data[..done]);
+                        }
+                        self.fire_fault();
+                        return;
+                    }
                 }
-                out.push(ACK);
+                let resets = self.chip.write(area, addr, data);
                 if resets {
-                    self.busy += ob_program_time();
+                    self.option_work();
                     self.pending_reset = true;
                 }
+                out.push(ACK);
             }
             Step::EraseCount => {
                 if f[0] == 0xFF {
@@ -431,7 +674,7 @@ impl Target {
                     return;
                 }
                 self.chip.write_protect(&f[1..f.len() - 1]);
-                self.busy += ob_program_time();
+                self.option_work();
                 out.push(ACK);
                 self.pending_reset = true;
             }
@@ -540,35 +783,77 @@ impl Target {
     }
 
     fn erase_pages(&mut self, pages: &[u16], out: &mut Vec<u8>) {
-        if self.chip.erase_pages(pages) {
-            let d = self.chip.device();
-            let mut t = Duration::ZERO;
-            for p in pages {
-                if let Some(page) = d.page_by_index(*p) {
-                    let (_, max) = d.erase_ms(page.size).unwrap_or((0, 0));
-                    t += Duration::from_millis(u64::from(max));
-                }
-            }
-            self.busy += t;
-            out.push(ACK);
-        } else {
-            out.push(NACK);
-        }
-    }
-
-    fn mass_erase(&mut self, bank: Option<u8>, out: &mut Vec<u8>) {
-        if !self.chip.device().mass_erase || !self.chip.erase_bank(bank) {
+        let d = self.chip.device();
+        if pages.iter().any(|p| d.page_by_index(*p).is_none()) {
             out.push(NACK);
             return;
         }
-        let (_, max) = self.chip.device().rules.mass_erase_ms;
-        self.busy += Duration::from_millis(u64::from(max));
+        for p in pages {
+            if let Some(page) = d.page_by_index(*p) {
+                let (typ, max) = d.erase_ms(page.size).unwrap_or((0, 0));
+                self.effects.work.add(ms(typ), ms(max));
+            }
+        }
+        if let Some(fraction) = self.fault_for(FaultOp::Erase) {
+            let total = pages.len() as f64 * fraction.clamp(0.0, 1.0);
+            let whole = total as usize;
+            self.chip.erase_pages(&pages[..whole.min(pages.len())]);
+            if let Some(&current) = pages.get(whole) {
+                self.chip
+                    .erase_page_partially(current, total - whole as f64);
+            }
+            self.fire_fault();
+            return;
+        }
+        self.chip.erase_pages(pages);
         out.push(ACK);
+    }
+
+    fn mass_erase(&mut self, bank: Option<u8>, out: &mut Vec<u8>) {
+        let bank_ok = bank.is_none_or(|b| b <= self.chip.device().banks);
+        if !self.chip.device().mass_erase || !bank_ok {
+            out.push(NACK);
+            return;
+        }
+        let (typ, max) = self.chip.device().rules.mass_erase_ms;
+        self.effects.work.add(ms(typ), ms(max));
+        if let Some(fraction) = self.fault_for(FaultOp::Erase) {
+            self.cut_mass_erase(bank, fraction);
+            self.fire_fault();
+            return;
+        }
+        self.chip.erase_bank(bank);
+        out.push(ACK);
+    }
+
+    /// A mass or bank erase cut short: the first `fraction` of the pages are erased.
+    fn cut_mass_erase(&mut self, bank: Option<u8>, fraction: f64) {
+        let pages: Vec<u16> = self
+            .chip
+            .device()
+            .pages
+            .iter()
+            .filter(|p| bank.is_none_or(|b| p.bank == b))
+            .map(|p| p.index)
+            .collect();
+        let total = pages.len() as f64 * fraction.clamp(0.0, 1.0);
+        let whole = (total as usize).min(pages.len());
+        self.chip.erase_pages(&pages[..whole]);
+        if let Some(&current) = pages.get(whole) {
+            self.chip
+                .erase_page_partially(current, total - whole as f64);
+        }
+    }
+
+    /// Option-byte programming: the reply goes first, then the work, then a reset.
+    fn option_work(&mut self) {
+        self.effects.reply_first = true;
+        self.effects.work.add(ms(20), ms(50));
     }
 }
 
-fn ob_program_time() -> Duration {
-    Duration::from_millis(50)
+fn ms(v: u32) -> Duration {
+    Duration::from_millis(u64::from(v))
 }
 #[cfg(test)]
 mod tests {

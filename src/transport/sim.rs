@@ -1,74 +1,97 @@
 //! The in-process link to a simulated target.
 //!
-//! Bytes written are fed to the target at once and its replies queued. Time is virtual: a read
-//! that finds nothing queued times out immediately (advancing the virtual clock by the timeout),
-//! and delays advance the clock without sleeping, so tests are fast and never depend on timing.
+//! The chip sits on a [`Wire`] (wire-rate timing, overrun, latency, boot pins, faults). Time is
+//! virtual: a read advances the link's clock to the moment the next byte reaches the host, or
+//! by the whole timeout if none does, and delays advance it without sleeping. So tests are fast
+//! and never depend on timing, yet every duration the timing model implies is exact and can be
+//! checked. With `clock=real` (the default once anything takes time), the link also waits on the
+//! wall clock until it catches up with the virtual one, so that rehearsals last as long as they
+//! would on hardware.
 
 use crate::device::DeviceTable;
 use crate::error::Result;
 use crate::link::{LineSettings, Link, LinkError};
-use crate::sim::{state, SimSpec, Target};
-use std::collections::VecDeque;
-use std::time::Duration;
+use crate::sim::wire::WireStats;
+use crate::sim::{state, SimSpec, Target, Wire};
+use std::time::{Duration, Instant};
 
-/// A link whose other end is a [`Target`] in this process.
+/// A link whose other end is a simulated chip in this process.
 pub struct SimLink {
-    target: Target,
+    wire: Wire,
     spec: SimSpec,
-    rx: VecDeque<u8>,
-    out: Vec<u8>,
-    line: LineSettings,
-    clock: Duration,
-    dtr: bool,
-    rts: bool,
+    clock: u64,
+    started: Option<Instant>,
     closed: bool,
 }
 
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl SimLink {
-    /// Build the target that `spec` names (loading its state file if any).
+    /// Build the chip that `spec` names (loading its state file if any).
     pub fn new(spec: SimSpec, table: &DeviceTable, line: LineSettings) -> Result<SimLink> {
         let target = spec.build(table)?;
         Ok(SimLink::with_target(target, spec, line))
     }
 
-    /// Wrap an existing target.
+    /// Wrap an existing chip, with the wire options of `spec`.
     pub fn with_target(target: Target, spec: SimSpec, line: LineSettings) -> SimLink {
+        let started = spec.realtime().then(Instant::now);
         SimLink {
-            target,
+            wire: Wire::new(target, spec.wire, line),
             spec,
-            rx: VecDeque::new(),
-            out: Vec::with_capacity(512),
-            line,
-            clock: Duration::ZERO,
-            dtr: false,
-            rts: false,
+            clock: 0,
+            started,
             closed: false,
         }
     }
 
-    /// The simulated target.
+    /// The simulated chip.
     pub fn target(&self) -> &Target {
-        &self.target
+        self.wire.target()
     }
 
-    /// The simulated target, mutable.
+    /// The simulated chip, mutable.
     pub fn target_mut(&mut self) -> &mut Target {
-        &mut self.target
+        self.wire.target_mut()
+    }
+
+    /// The wire, with its counters.
+    pub fn wire(&self) -> &Wire {
+        &self.wire
+    }
+
+    /// Byte counters, overruns and injected faults so far.
+    pub fn stats(&self) -> WireStats {
+        self.wire.stats()
     }
 
     /// Virtual time spent so far.
     pub fn elapsed(&self) -> Duration {
-        self.clock
+        Duration::from_nanos(self.clock)
     }
 
-    /// Last levels driven on DTR and RTS. This link does not wire them to NRST/BOOT0.
+    /// Last levels driven on DTR and RTS.
     pub fn lines(&self) -> (bool, bool) {
-        (self.dtr, self.rts)
+        self.wire.lines()
+    }
+
+    /// Move the clock to `t`, waiting on the wall clock in real-time mode.
+    fn advance_to(&mut self, t: u64) {
+        self.clock = self.clock.max(t);
+        if let Some(start) = self.started {
+            let target = start + Duration::from_nanos(self.clock);
+            let now = Instant::now();
+            if target > now {
+                std::thread::sleep(target - now);
+            }
+        }
     }
 
     fn save(&mut self) -> Result<()> {
         if let Some(path) = &self.spec.state {
-            state::save(self.target.chip(), path)?;
+            state::save_target(self.wire.target(), path)?;
         }
         Ok(())
     }
@@ -79,40 +102,48 @@ impl Link for SimLink {
         if self.closed {
             return Err(LinkError::Closed);
         }
-        self.clock += self.line.char_time() * data.len() as u32;
-        for &b in data {
-            self.target.feed(b, &mut self.out);
-        }
-        self.clock += self.target.take_busy();
-        self.rx.extend(self.out.drain(..));
+        self.wire.host_send(self.clock, data);
         Ok(())
     }
 
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> std::result::Result<usize, LinkError> {
-        if self.rx.is_empty() {
-            self.clock += timeout;
-            return Err(LinkError::Timeout(timeout));
+        if self.closed {
+            return Err(LinkError::Closed);
         }
-        let n = buf.len().min(self.rx.len());
-        for (slot, b) in buf.iter_mut().zip(self.rx.drain(..n)) {
-            *slot = b;
+        let deadline = self.clock.saturating_add(ns(timeout));
+        loop {
+            if self.wire.has_delivered(self.clock) {
+                let got = self.wire.take_delivered(self.clock, buf.len());
+                buf[..got.len()].copy_from_slice(&got);
+                return Ok(got.len());
+            }
+            if self.wire.is_cut() {
+                return Err(LinkError::Closed);
+            }
+            match self.wire.next_event() {
+                Some(t) if t <= deadline => self.advance_to(t),
+                _ => {
+                    self.advance_to(deadline);
+                    return Err(LinkError::Timeout(timeout));
+                }
+            }
         }
-        self.clock += self.line.char_time() * n as u32;
-        Ok(n)
     }
 
     fn discard_input(&mut self) -> std::result::Result<(), LinkError> {
-        self.rx.clear();
+        self.wire.purge(self.clock, true, false);
         Ok(())
     }
 
     fn set_dtr(&mut self, level: bool) -> std::result::Result<(), LinkError> {
-        self.dtr = level;
+        let (_, rts) = self.wire.lines();
+        self.wire.set_lines(self.clock, level, rts);
         Ok(())
     }
 
     fn set_rts(&mut self, level: bool) -> std::result::Result<(), LinkError> {
-        self.rts = level;
+        let (dtr, _) = self.wire.lines();
+        self.wire.set_lines(self.clock, dtr, level);
         Ok(())
     }
 
@@ -121,22 +152,23 @@ impl Link for SimLink {
     }
 
     fn set_line(&mut self, settings: LineSettings) -> std::result::Result<(), LinkError> {
-        self.line = settings;
+        self.wire.set_line(self.clock, settings);
         Ok(())
     }
 
     fn line(&self) -> LineSettings {
-        self.line
+        self.wire.line()
     }
 
     fn delay(&mut self, duration: Duration) {
-        self.clock += duration;
+        let t = self.clock.saturating_add(ns(duration));
+        self.advance_to(t);
     }
 
     fn describe(&self) -> String {
         format!(
             "simulated {} (sim:{})",
-            self.target.chip().device().name,
+            self.wire.target().chip().device().name,
             self.spec.part
         )
     }
