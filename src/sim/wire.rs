@@ -170,6 +170,8 @@ pub struct WireStats {
     pub dropped: u64,
     /// Bytes corrupted on purpose.
     pub corrupted: u64,
+    /// Time the chip spent programming and erasing (and writing option bytes).
+    pub flash_time: Duration,
 }
 
 /// The host, the wire and the chip, advanced by the caller's clock (nanoseconds).
@@ -515,6 +517,7 @@ impl Wire {
         self.target.feed(b, &mut out);
         let fx = self.target.take_effects();
         let work = self.work_ns(fx.work);
+        self.stats.flash_time += Duration::from_nanos(work);
         let done = if fx.reply_first {
             let sent = self.send(at, &out);
             sent + work

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::link::{LineSettings, Link, LinkError};
 use crate::sim::wire::WireStats;
 use crate::sim::{state, SimSpec, Target, Wire};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A link whose other end is a simulated chip in this process.
@@ -22,6 +23,30 @@ pub struct SimLink {
     clock: u64,
     started: Option<Instant>,
     closed: bool,
+    meter: Arc<Mutex<Meter>>,
+}
+
+/// The link's virtual time and the wire's counters, readable while a session owns the link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meter {
+    /// Virtual time since the link opened.
+    pub elapsed: Duration,
+    /// What crossed the wire.
+    pub stats: WireStats,
+}
+
+/// A handle on a [`SimLink`]'s [`Meter`].
+#[derive(Debug, Clone)]
+pub struct MeterHandle(Arc<Mutex<Meter>>);
+
+impl MeterHandle {
+    /// The latest reading.
+    pub fn read(&self) -> Meter {
+        match self.0.lock() {
+            Ok(m) => *m,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
 }
 
 fn ns(d: Duration) -> u64 {
@@ -44,6 +69,20 @@ impl SimLink {
             clock: 0,
             started,
             closed: false,
+            meter: Arc::new(Mutex::new(Meter::default())),
+        }
+    }
+
+    /// A handle that reads this link's time and counters from elsewhere (the link itself is
+    /// usually owned by a session).
+    pub fn meter(&self) -> MeterHandle {
+        MeterHandle(self.meter.clone())
+    }
+
+    fn update_meter(&self) {
+        if let Ok(mut m) = self.meter.lock() {
+            m.elapsed = Duration::from_nanos(self.clock);
+            m.stats = self.wire.stats();
         }
     }
 
@@ -80,6 +119,7 @@ impl SimLink {
     /// Move the clock to `t`, waiting on the wall clock in real-time mode.
     fn advance_to(&mut self, t: u64) {
         self.clock = self.clock.max(t);
+        self.update_meter();
         if let Some(start) = self.started {
             let target = start + Duration::from_nanos(self.clock);
             let now = Instant::now();
@@ -103,6 +143,7 @@ impl Link for SimLink {
             return Err(LinkError::Closed);
         }
         self.wire.host_send(self.clock, data);
+        self.update_meter();
         Ok(())
     }
 
@@ -115,6 +156,7 @@ impl Link for SimLink {
             if self.wire.has_delivered(self.clock) {
                 let got = self.wire.take_delivered(self.clock, buf.len());
                 buf[..got.len()].copy_from_slice(&got);
+                self.update_meter();
                 return Ok(got.len());
             }
             if self.wire.is_cut() {
