@@ -755,6 +755,8 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
             "bytes_to_device": stats.to_device,
             "bytes_to_host": stats.to_host,
             "overruns": stats.overruns,
+            "flash_time_ms": stats.flash_time.as_secs_f64() * 1000.0,
+            "line": { "baud": wire.line().baud, "bits_per_char": wire.line().parity.bits_per_char() },
         }),
     })
 }

@@ -235,10 +235,8 @@ impl Connection for Rfc2217Connection {
             }
             while let Some(event) = self.server.poll_event() {
                 match event {
-                    rfc2217::ServerEvent::SettingsChanged(s) => {
-                        if s.baud_rate > 0 {
-                            wire.set_line(now, line_from(&s));
-                        }
+                    rfc2217::ServerEvent::SettingsChanged(s) if s.baud_rate > 0 => {
+                        wire.set_line(now, line_from(&s));
                     }
                     rfc2217::ServerEvent::Dtr(on) => {
                         let (_, rts) = wire.lines();

@@ -10,9 +10,10 @@ use super::endpoint::{serve, Connection, RealClock};
 use super::wire::Wire;
 use crate::error::{Error, Result};
 use crate::link::{LineSettings, Parity};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::pty::openpty;
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use nix::sys::time::TimeSpec;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -101,10 +102,11 @@ impl PtyConnection<'_> {
 
 impl Connection for PtyConnection<'_> {
     fn receive(&mut self, wire: &mut Wire, clock: &RealClock, timeout: Duration) -> Result<bool> {
-        let ms = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        // ppoll takes nanoseconds: characters at 115200 baud are 87-95 µs apart.
+        let timeout = TimeSpec::from_duration(timeout);
         let ready = {
             let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
+            match ppoll(&mut fds, Some(timeout), None) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => return Ok(true),
                 Err(e) => return Err(Error::io("waiting for the pseudo-terminal", e.into())),

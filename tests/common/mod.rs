@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: run the binary, inspect a simulated chip's state.
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 use stm32boot::device::DeviceTable;
 use stm32boot::sim::{Chip, SimSpec};
 
@@ -111,4 +113,134 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The path of the external program `name`, or a test failure saying how to install it: tests
+/// that need a third-party client fail rather than pass silently when it is missing.
+pub fn require_tool(name: &str, install: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not on PATH: install {install} (CI's .ci/run installs it)")
+        })
+}
+
+/// Wait for `child` up to `limit`; kill it and return None if it is still running then.
+pub fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Run `program` with `args`, its output going through files in `dir` (so a chatty program
+/// cannot block on a full pipe); None if it runs longer than `limit`.
+pub fn run_with_limit(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    limit: Duration,
+) -> Option<Output> {
+    let (out, err) = (dir.join("client.stdout"), dir.join("client.stderr"));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("the program starts");
+    let status = wait_for(&mut child, limit)?;
+    Some(Output {
+        status,
+        stdout: std::fs::read(&out).expect("stdout file"),
+        stderr: std::fs::read(&err).expect("stderr file"),
+    })
+}
+
+/// `stm32boot sim PART --pty` serving a [`SimChip`] (its part, options and state file) on a
+/// pseudo-terminal linked at `chip.file("tty")`. Killed on drop; [`PtySim::stop`] ends it with
+/// SIGTERM so that it saves the state file first.
+pub struct PtySim {
+    child: Child,
+    /// The stable link to the pseudo-terminal: what clients open.
+    pub link: PathBuf,
+    log: PathBuf,
+}
+
+impl PtySim {
+    pub fn start(chip: &SimChip) -> PtySim {
+        let (link, log) = (chip.file("tty"), chip.file("sim.log"));
+        let state = chip.state();
+        let mut args = vec!["sim", &chip.part, "--pty", "--link", path_str(&link)];
+        args.extend(["--state", path_str(&state)]);
+        for kv in chip.options.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("version", v)) => args.extend(["--bootloader-version", v]),
+                Some(("flash", v)) => args.extend(["--flash-size", v]),
+                _ => panic!("sim option {kv} has no `stm32boot sim` flag"),
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("sim log"))
+            .spawn()
+            .expect("the sim starts");
+        // Read the first line in a thread, so that a sim that never prints cannot hang the test;
+        // the thread then keeps draining stdout so that the sim never writes to a closed pipe.
+        let stdout = child.stdout.take().expect("sim stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let sim = PtySim { child, link, log };
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        assert_eq!(
+            line.trim(),
+            path_str(&sim.link),
+            "the sim should print its link first; its log:\n{}",
+            sim.log()
+        );
+        sim
+    }
+
+    /// What the sim wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop with SIGTERM and wait, so that the state file is saved.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(killed.expect("kill runs").success(), "SIGTERM to the sim");
+        let status = wait_for(&mut self.child, Duration::from_secs(60));
+        let status = status.expect("the sim stops within 60 s of SIGTERM");
+        assert!(
+            status.success(),
+            "sim exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for PtySim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
