@@ -335,6 +335,8 @@ impl NetEndpoint {
                     serve(wire, clock, &mut conn, stop)?
                 }
             };
+            // Closing a serial port drops DTR and RTS (HUPCL): so does the end of a connection.
+            wire.set_lines(clock.now(), false, false);
             match ended {
                 Ended::Cut => {
                     on_event(format!("link to {peer} cut (injected fault)"));

@@ -531,6 +531,8 @@ impl Target {
                     let flash_base = self.chip.device().flash.start;
                     if addr == flash_base && self.chip.app_vectors().is_some() {
                         self.start_app(addr);
+                        // The firmware starts and, after its own start-up, prints its banner.
+                        self.effects.restarted = true;
                     } else {
                         self.mode = Mode::Application { entry: addr };
                     }
