@@ -6,8 +6,10 @@
 //! - [`session`]: one conversation with a bootloader over a link;
 //! - [`device`]: device facts as data; [`image`]: firmware images;
 //! - [`ops`]: flash plans, erase planning, write, verify, read;
-//! - [`transport`]: serial ports and the in-process simulator link;
-//! - [`sim`]: the simulated target, which speaks AN3155 from the chip's side.
+//! - [`transport`]: serial ports, raw TCP, RFC 2217 bridges and the in-process simulator link;
+//! - [`sim`]: the simulated target, which speaks AN3155 from the chip's side, on a wire that
+//!   models line rate, overrun, latency, boot pins and faults, reachable in-process or over a
+//!   pseudo-terminal, TCP and RFC 2217.
 //!
 //! Writing and verifying an image on the simulated target:
 //!
