@@ -5,69 +5,26 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const FLASH: u32 = 0x0800_0000;
 
-/// `stm32boot sim` on a TCP port (`--tcp` or `--rfc2217`); stopped with SIGTERM by
-/// [`NetSim::stop`] (so the state is saved), killed on drop.
-struct NetSim {
-    child: Child,
-    url: String,
+/// `stm32boot sim` on a TCP port (`--tcp` or `--rfc2217`); its first line is the URL.
+fn net_sim(chip: &SimChip, endpoint: &str, extra: &[&str]) -> SimProcess {
+    let sim = SimProcess::start(chip, &[endpoint, "127.0.0.1:0"], extra);
+    let url = &sim.first_line;
+    assert!(url.contains("://127.0.0.1:"), "sim printed '{url}'");
+    sim
 }
 
-impl NetSim {
-    fn start(chip: &SimChip, endpoint: &str, extra: &[&str]) -> NetSim {
-        let state = chip.state();
-        let mut args = vec!["sim", chip.part.as_str(), endpoint, "127.0.0.1:0"];
-        args.extend(["--state", path_str(&state)]);
-        args.extend(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(chip.file("sim.log")).expect("sim log"))
-            .spawn()
-            .expect("the sim starts");
-        let stdout = child.stdout.take().expect("sim stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        assert!(url.contains("://127.0.0.1:"), "sim printed '{url}'");
-        NetSim { child, url }
-    }
-
-    fn addr(&self) -> &str {
-        self.url.split_once("://").map(|x| x.1).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(killed.expect("kill runs").success());
-        let status = wait_for(&mut self.child, Duration::from_secs(60)).expect("sim stops");
-        assert!(status.success(), "sim exit {status}");
-    }
-}
-
-impl Drop for NetSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `host:port` of the sim's URL.
+fn addr(sim: &SimProcess) -> &str {
+    sim.first_line
+        .split_once("://")
+        .map(|x| x.1)
+        .unwrap_or_default()
 }
 
 /// A firmware image whose vector table the simulated chip accepts (SP in RAM, Thumb reset
@@ -82,8 +39,8 @@ fn firmware(len: usize) -> Vec<u8> {
 #[test]
 fn raw_tcp_endpoint_takes_a_verified_write() {
     let chip = SimChip::new("stm32f411");
-    let sim = NetSim::start(&chip, "--tcp", &[]);
-    assert!(sim.url.starts_with("tcp://"));
+    let sim = net_sim(&chip, "--tcp", &[]);
+    assert!(sim.first_line.starts_with("tcp://"));
     let image = pattern(20_000, 3);
     let file = chip.file("fw.bin");
     std::fs::write(&file, &image).expect("image");
@@ -94,7 +51,7 @@ fn raw_tcp_endpoint_takes_a_verified_write() {
         "0x08000000",
         "--verify",
         "--port",
-        &sim.url,
+        &sim.first_line,
     ]);
     sim.stop();
     assert_eq!(chip.peek(FLASH, image.len()), image);
@@ -103,18 +60,18 @@ fn raw_tcp_endpoint_takes_a_verified_write() {
 #[test]
 fn rfc2217_dtr_holds_the_chip_in_reset() {
     let chip = SimChip::new("stm32l476");
-    let sim = NetSim::start(&chip, "--rfc2217", &[]);
+    let sim = net_sim(&chip, "--rfc2217", &[]);
     // DTR asserted pulls NRST low (DTR → NRST, active low, the default wiring): nothing answers.
-    let err = fails(&["info", "--port", &sim.url, "--dtr", "high"], 3);
+    let err = fails(&["info", "--port", &sim.first_line, "--dtr", "high"], 3);
     assert!(err.contains("no answer"), "{err}");
     // The connection's end released the lines; the chip boots its ROM (RTS released: BOOT0
     // high) and answers.
-    let out = ok(&["info", "--port", &sim.url]);
+    let out = ok(&["info", "--port", &sim.first_line]);
     assert!(out.contains("STM32L47x"), "{out}");
     // With NRST wired to nothing, DTR does nothing.
     drop(sim);
-    let sim = NetSim::start(&chip, "--rfc2217", &["--nrst", "none"]);
-    ok(&["info", "--port", &sim.url, "--dtr", "high"]);
+    let sim = net_sim(&chip, "--rfc2217", &["--nrst", "none"]);
+    ok(&["info", "--port", &sim.first_line, "--dtr", "high"]);
 }
 
 /// Read from `s` until `want` has arrived (or fail after a generous deadline).
@@ -146,8 +103,8 @@ fn the_application_prints_a_banner_and_its_magic_string_enters_the_bootloader() 
         "--port",
         &chip.port(),
     ]);
-    let sim = NetSim::start(&chip, "--tcp", &["--app-enter-bootloader", "UPDATE-NOW"]);
-    let mut s = TcpStream::connect(sim.addr()).expect("connect");
+    let sim = net_sim(&chip, "--tcp", &["--app-enter-bootloader", "UPDATE-NOW"]);
+    let mut s = TcpStream::connect(addr(&sim)).expect("connect");
     // The magic string makes the firmware jump to the ROM, which syncs on 0x7F.
     s.write_all(b"UPDATE-NOW").expect("send");
     s.write_all(&[0x7F]).expect("send");

@@ -16,9 +16,8 @@
 mod common;
 
 use common::*;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 use stm32boot::device::{Device, DeviceTable};
 use stm32boot::sim::{Mode, SimSpec};
@@ -57,94 +56,29 @@ fn python() -> PathBuf {
     python
 }
 
-/// `stm32boot sim PART --rfc2217 127.0.0.1:0 --state FILE [FLAGS]` for a [`SimChip`]. Dropping
-/// it sends SIGTERM and waits, so that the state file is saved even when a test fails;
-/// [`Rfc2217Sim::stop`] does the same and also requires a clean exit.
-struct Rfc2217Sim {
-    child: Option<Child>,
-    url: String,
-    log: PathBuf,
-}
-
-impl Rfc2217Sim {
-    fn start(chip: &SimChip, flags: &[&str]) -> Rfc2217Sim {
-        let log = chip.file("sim.log");
-        let state = chip.state();
-        let mut args = vec!["sim", &chip.part, "--rfc2217", "127.0.0.1:0"];
-        args.extend(["--state", path_str(&state)]);
-        args.extend(flags);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("sim log"))
-            .spawn()
-            .expect("the sim starts");
-        // The first line of stdout is the URL; read it in a thread so that a sim that never
-        // prints cannot hang the test, and keep draining stdout afterwards.
-        let stdout = child.stdout.take().expect("sim stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = std::io::BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let mut sim = Rfc2217Sim {
-            child: Some(child),
-            url: line.trim().to_string(),
-            log,
-        };
-        if !sim.url.starts_with("rfc2217://127.0.0.1:") {
-            let log = sim.log();
-            sim.terminate();
-            panic!("the sim should print its rfc2217:// URL first; its log:\n{log}");
-        }
-        sim
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (a minute at most, then SIGKILL). None if it had to be killed.
-    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        wait_for(&mut child, Duration::from_secs(60))
-    }
-
-    /// Stop with SIGTERM and require a clean exit: the state file is saved.
-    fn stop(mut self) {
-        let status = self.terminate();
-        let status = status.expect("the sim stops within 60 s of SIGTERM");
-        assert!(
-            status.success(),
-            "sim exited with {status}:\n{}",
-            self.log()
+/// `stm32boot sim PART --rfc2217 127.0.0.1:0 --state FILE [FLAGS]` for a [`SimChip`]; its first
+/// line is the `rfc2217://` URL.
+fn rfc2217_sim(chip: &SimChip, flags: &[&str]) -> SimProcess {
+    let sim = SimProcess::start(chip, &["--rfc2217", "127.0.0.1:0"], flags);
+    if !sim.first_line.starts_with("rfc2217://127.0.0.1:") {
+        panic!(
+            "the sim should print its rfc2217:// URL first; its log:\n{}",
+            sim.log()
         );
     }
-}
-
-impl Drop for Rfc2217Sim {
-    fn drop(&mut self) {
-        self.terminate();
-    }
+    sim
 }
 
 /// Run the wrapped stm32loader with `-p URL -f FAMILY ARGS` in the chip's directory.
-fn stm32loader(chip: &SimChip, sim: &Rfc2217Sim, family: &str, args: &[&str]) -> Output {
+fn stm32loader(chip: &SimChip, sim: &SimProcess, family: &str, args: &[&str]) -> Output {
     let python = python();
-    let mut all = vec![WRAPPER, "-p", &sim.url, "-f", family];
+    let mut all = vec![WRAPPER, "-p", &sim.first_line, "-f", family];
     all.extend(args);
     run_with_limit(&python, &all, chip.dir.path(), CLIENT_LIMIT)
         .expect("stm32loader finishes within the limit")
 }
 
-fn describe(out: &Output, sim: &Rfc2217Sim) -> String {
+fn describe(out: &Output, sim: &SimProcess) -> String {
     format!(
         "({})\nstdout: {}\nstderr: {}\nsim log: {}",
         out.status,
@@ -155,7 +89,7 @@ fn describe(out: &Output, sim: &Rfc2217Sim) -> String {
 }
 
 /// Run stm32loader and require exit 0; returns its stderr (where it reports).
-fn stm32loader_ok(chip: &SimChip, sim: &Rfc2217Sim, family: &str, args: &[&str]) -> String {
+fn stm32loader_ok(chip: &SimChip, sim: &SimProcess, family: &str, args: &[&str]) -> String {
     let out = stm32loader(chip, sim, family, args);
     assert!(
         out.status.success(),
@@ -255,7 +189,7 @@ fn reset_sequence_enters_the_bootloader(part: &str, family: &str, pid: &str) {
     let marker_at = prepare_running_app(&chip, &app, &marker);
     let before = chip.peek(FLASH, app.len());
 
-    let sim = Rfc2217Sim::start(&chip, &[]);
+    let sim = rfc2217_sim(&chip, &[]);
     let report = stm32loader_ok(&chip, &sim, family, &[]);
     assert!(
         report.contains(&format!("Chip id: {pid}")),
@@ -296,7 +230,7 @@ fn erase_write_verify_read(part: &str, family: &str) {
     let bin = chip.file("firmware.bin");
     write_file(&bin, &image);
 
-    let sim = Rfc2217Sim::start(&chip, &[]);
+    let sim = rfc2217_sim(&chip, &[]);
     let report = stm32loader_ok(
         &chip,
         &sim,
@@ -349,7 +283,7 @@ fn f4_inverted_boot0_fails_by_default_and_works_with_boot0_active_low() {
     let chip = SimChip::new(part);
     prepare_running_app(&chip, &app_image(part, 1024, 30, 0x100), &pattern(256, 31));
 
-    let sim = Rfc2217Sim::start(&chip, &["--invert-boot0"]);
+    let sim = rfc2217_sim(&chip, &["--invert-boot0"]);
     let out = stm32loader(&chip, &sim, family, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
@@ -369,7 +303,7 @@ fn f4_inverted_boot0_fails_by_default_and_works_with_boot0_active_low() {
     let image = app_image(part, 3000, 32, 0x300);
     let bin = chip.file("firmware.bin");
     write_file(&bin, &image);
-    let sim = Rfc2217Sim::start(&chip, &["--invert-boot0"]);
+    let sim = rfc2217_sim(&chip, &["--invert-boot0"]);
     let args = ["-B", "-e", "-w", "-v", "-n", path_str(&bin)];
     let report = stm32loader_ok(&chip, &sim, family, &args);
     assert!(

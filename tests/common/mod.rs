@@ -166,29 +166,24 @@ pub fn run_with_limit(
     })
 }
 
-/// `stm32boot sim PART --pty` serving a [`SimChip`] (its part, options and state file) on a
-/// pseudo-terminal linked at `chip.file("tty")`. Killed on drop; [`PtySim::stop`] ends it with
-/// SIGTERM so that it saves the state file first.
-pub struct PtySim {
-    child: Child,
-    /// The stable link to the pseudo-terminal: what clients open.
-    pub link: PathBuf,
+/// `stm32boot sim PART ENDPOINT_ARGS --state FILE EXTRA` for a [`SimChip`], its stderr logged to
+/// `chip.file("sim.log")`. Dropping it sends SIGTERM and waits, so that the state file is saved
+/// even when a test fails; [`SimProcess::stop`] does the same and also requires a clean exit.
+pub struct SimProcess {
+    child: Option<Child>,
+    /// The first line the sim printed on stdout (trimmed; empty if none came within 60 s).
+    pub first_line: String,
     log: PathBuf,
 }
 
-impl PtySim {
-    pub fn start(chip: &SimChip) -> PtySim {
-        let (link, log) = (chip.file("tty"), chip.file("sim.log"));
+impl SimProcess {
+    pub fn start(chip: &SimChip, endpoint_args: &[&str], extra: &[&str]) -> SimProcess {
+        let log = chip.file("sim.log");
         let state = chip.state();
-        let mut args = vec!["sim", &chip.part, "--pty", "--link", path_str(&link)];
+        let mut args = vec!["sim", chip.part.as_str()];
+        args.extend(endpoint_args);
         args.extend(["--state", path_str(&state)]);
-        for kv in chip.options.split('&').filter(|s| !s.is_empty()) {
-            match kv.split_once('=') {
-                Some(("version", v)) => args.extend(["--bootloader-version", v]),
-                Some(("flash", v)) => args.extend(["--flash-size", v]),
-                _ => panic!("sim option {kv} has no `stm32boot sim` flag"),
-            }
-        }
+        args.extend(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
             .args(&args)
             .stdin(Stdio::null())
@@ -207,15 +202,12 @@ impl PtySim {
             let _ = tx.send(line);
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
-        let sim = PtySim { child, link, log };
         let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        assert_eq!(
-            line.trim(),
-            path_str(&sim.link),
-            "the sim should print its link first; its log:\n{}",
-            sim.log()
-        );
-        sim
+        SimProcess {
+            child: Some(child),
+            first_line: line.trim().to_string(),
+            log,
+        }
     }
 
     /// What the sim wrote to stderr so far.
@@ -223,12 +215,18 @@ impl PtySim {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stop with SIGTERM and wait, so that the state file is saved.
+    /// SIGTERM, then wait (a minute at most, then SIGKILL). None if it had to be killed or was
+    /// already stopped.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        wait_for(&mut child, Duration::from_secs(60))
+    }
+
+    /// Stop with SIGTERM and require a clean exit: the state file is saved.
     pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(killed.expect("kill runs").success(), "SIGTERM to the sim");
-        let status = wait_for(&mut self.child, Duration::from_secs(60));
+        let status = self.terminate();
         let status = status.expect("the sim stops within 60 s of SIGTERM");
         assert!(
             status.success(),
@@ -238,9 +236,48 @@ impl PtySim {
     }
 }
 
-impl Drop for PtySim {
+impl Drop for SimProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.terminate();
+    }
+}
+
+/// A [`SimProcess`] serving a [`SimChip`] (its part, options and state file) on a pseudo-terminal
+/// linked at `chip.file("tty")`.
+pub struct PtySim {
+    sim: SimProcess,
+    /// The stable link to the pseudo-terminal: what clients open.
+    pub link: PathBuf,
+}
+
+impl PtySim {
+    pub fn start(chip: &SimChip) -> PtySim {
+        let link = chip.file("tty");
+        let mut flags = Vec::new();
+        for kv in chip.options.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("version", v)) => flags.extend(["--bootloader-version", v]),
+                Some(("flash", v)) => flags.extend(["--flash-size", v]),
+                _ => panic!("sim option {kv} has no `stm32boot sim` flag"),
+            }
+        }
+        let sim = SimProcess::start(chip, &["--pty", "--link", path_str(&link)], &flags);
+        assert_eq!(
+            sim.first_line,
+            path_str(&link),
+            "the sim should print its link first; its log:\n{}",
+            sim.log()
+        );
+        PtySim { sim, link }
+    }
+
+    /// What the sim wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.sim.log()
+    }
+
+    /// Stop with SIGTERM and require a clean exit: the state file is saved.
+    pub fn stop(self) {
+        self.sim.stop();
     }
 }
