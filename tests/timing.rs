@@ -6,6 +6,9 @@
 //! erase times from the device table. A stop-and-wait client on an ideal host meets it exactly;
 //! the model must not add time of its own.
 
+mod common;
+
+use common::pattern;
 use std::time::Duration;
 use stm32boot::device::DeviceTable;
 use stm32boot::image::Image;
@@ -24,18 +27,6 @@ const LINE: LineSettings = LineSettings {
 const WRITE_BLOCK: u64 = 2 + 1 + 5 + 1 + 1 + 256 + 1 + 1;
 /// Bytes per 256-byte Read Memory: 11 EE / ACK / address+X / ACK / N ~N / ACK data.
 const READ_BLOCK: u64 = 2 + 1 + 5 + 1 + 2 + 1 + 256;
-
-fn random_image(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 8) as u8
-        })
-        .collect()
-}
 
 fn write_on(spec: &str, image: &[u8], verify: bool) -> (MeterHandle, flash::WriteReport) {
     let table = DeviceTable::builtin().expect("test setup");
@@ -61,7 +52,7 @@ fn char_time() -> Duration {
 
 #[test]
 fn a_256_kib_write_with_verify_takes_the_wire_rate_bound() {
-    let image = random_image(256 * 1024, 7);
+    let image = pattern(256 * 1024, 7);
     let (meter, report) = write_on("stm32f411?timing=typical&clock=virtual", &image, true);
     assert_eq!(report.verified, Some(flash::VerifyMethod::ReadBack));
     let m = meter.read();
@@ -91,7 +82,7 @@ fn a_256_kib_write_with_verify_takes_the_wire_rate_bound() {
 
 #[test]
 fn max_timing_takes_the_maximum_figures_and_fast_takes_none() {
-    let image = random_image(16 * 1024, 9);
+    let image = pattern(16 * 1024, 9);
     let (meter, _) = write_on("stm32f411?timing=max&clock=virtual", &image, false);
     let m = meter.read();
     // Sector 0 at 800 ms, 16 KiB at 100 µs a byte.
@@ -107,7 +98,7 @@ fn max_timing_takes_the_maximum_figures_and_fast_takes_none() {
 
 #[test]
 fn latency_costs_one_round_trip_per_phase() {
-    let image = random_image(4 * 1024, 3);
+    let image = pattern(4 * 1024, 3);
     let (fast, _) = write_on("stm32f411?timing=typical&clock=virtual", &image, false);
     let (slow, _) = write_on(
         "stm32f411?timing=typical&latency=150ms&clock=virtual",
