@@ -17,7 +17,7 @@
 //! use stm32boot::device::DeviceTable;
 //! use stm32boot::image::Image;
 //! use stm32boot::link::LineSettings;
-//! use stm32boot::ops::{connect, flash, ConnectOptions, NoProgress, PlanOptions};
+//! use stm32boot::ops::{connect, flash, ConnectOptions, NoProgress};
 //! use stm32boot::session::{Session, Timeouts};
 //! use stm32boot::transport::PortSpec;
 //!
@@ -26,7 +26,8 @@
 //! let session = Session::new(link, Timeouts::default());
 //! let mut conn = connect(session, table, &ConnectOptions::default(), &mut NoProgress)?;
 //! let image = Image::from_bin(&[0x12; 1024], 0x0800_0000)?;
-//! let options = flash::WriteOptions { verify: true, plan: PlanOptions::for_device(&conn.device) };
+//! let mut options = flash::WriteOptions::for_connection(&conn);
+//! options.journal = None; // no page journal for this example
 //! let report = flash::write_image(&mut conn, &image, &options, &mut NoProgress)?;
 //! assert_eq!(report.pages_erased, 1);
 //! assert_eq!(report.verified, Some(flash::VerifyMethod::ReadBack));

@@ -31,6 +31,23 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
     u32::try_from(v).map_err(|_| format!("'{s}' is larger than 4 GiB"))
 }
 
+/// Parse an address range `ADDR:LEN` (e.g. `0x08004000:16K`); the length must not be 0 and the
+/// range must fit in the 32-bit address space.
+pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, l) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not ADDR:LEN (e.g. 0x08004000:16K)"))?;
+    let addr = parse_u32(a)?;
+    let len = parse_size(l)?;
+    if len == 0 {
+        return Err(format!("'{s}': the length is 0"));
+    }
+    if u64::from(addr) + u64::from(len) > 1 << 32 {
+        return Err(format!("'{s}' runs past the end of the address space"));
+    }
+    Ok((addr, len))
+}
+
 /// Parse a duration such as `150ms`, `1s`, `20ms` or `2m` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
@@ -72,6 +89,10 @@ mod tests {
             Ok(std::time::Duration::from_millis(150))
         );
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_range("0x08004000:16K"), Ok((0x0800_4000, 16384)));
+        assert!(parse_range("0x08004000").is_err());
+        assert!(parse_range("0xFFFFFF00:1K").is_err());
+        assert!(parse_range("0x0:0").is_err());
         assert_eq!(parse_rate("0.5%"), Ok(0.005));
         assert!(parse_rate("2").is_err());
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use stm32boot::device::DeviceTable;
 use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
-use stm32boot::ops::{connect, flash, ConnectOptions, NoProgress, PlanOptions};
+use stm32boot::ops::{connect, flash, ConnectOptions, NoProgress};
 use stm32boot::session::{Session, Timeouts};
 use stm32boot::sim::SimSpec;
 use stm32boot::transport::sim::{MeterHandle, SimLink};
@@ -37,10 +37,9 @@ fn write_on(spec: &str, image: &[u8], verify: bool) -> (MeterHandle, flash::Writ
     let mut conn =
         connect(session, table, &ConnectOptions::default(), &mut NoProgress).expect("test setup");
     let image = Image::from_bin(image, 0x0800_0000).expect("test setup");
-    let options = flash::WriteOptions {
-        verify,
-        plan: PlanOptions::for_device(&conn.device),
-    };
+    let mut options = flash::WriteOptions::for_connection(&conn);
+    options.verify = verify;
+    options.journal = None;
     let report =
         flash::write_image(&mut conn, &image, &options, &mut NoProgress).expect("test setup");
     (meter, report)

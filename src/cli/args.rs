@@ -103,27 +103,20 @@ pub enum Cmd {
         #[arg(long, short)]
         output: PathBuf,
     },
-    /// Write an image (.bin, .hex, .srec, .elf), erasing only the pages it touches.
-    Write {
+    /// Write an image (.bin, .hex, .srec, .elf), erasing only the pages it touches and keeping
+    /// the bytes of those pages that the image does not cover.
+    Write(WriteArgs),
+    /// Finish (or with --restore, undo) a write that power or link loss cut off, from the
+    /// journal of this chip.
+    Recover {
         #[command(flatten)]
         conn: ConnectArgs,
-        #[command(flatten)]
-        image: ImageArgs,
-        /// Verify after writing (Get Checksum where offered, else read-back).
+        /// Journal directory (as given to `write --journal`).
+        #[arg(long, value_name = "DIR", env = "STM32BOOT_JOURNAL")]
+        journal: Option<PathBuf>,
+        /// Put the pages back as they were before the write, instead of finishing it.
         #[arg(long)]
-        verify: bool,
-        /// Start the application afterwards.
-        #[arg(long)]
-        go: bool,
-        /// Do not erase first (the target pages must already be erased).
-        #[arg(long)]
-        no_erase: bool,
-        /// Write blocks that hold only the erased value too.
-        #[arg(long)]
-        no_skip: bool,
-        /// Print the plan (pages to erase, blocks to write) and change nothing.
-        #[arg(long)]
-        dry_run: bool,
+        restore: bool,
     },
     /// Erase the whole flash, a bank, pages, or an address range.
     Erase {
@@ -190,6 +183,46 @@ pub struct ImageArgs {
     /// Load address for raw .bin files.
     #[arg(long, short, value_parser = parse_u32)]
     pub address: Option<u32>,
+}
+
+/// Options of `stm32boot write`.
+#[derive(Args, Debug, Clone)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Verify after writing (Get Checksum where offered, else read-back).
+    #[arg(long)]
+    pub verify: bool,
+    /// Start the application afterwards.
+    #[arg(long)]
+    pub go: bool,
+    /// Do not erase first (the target pages must already be erased).
+    #[arg(long)]
+    pub no_erase: bool,
+    /// Write blocks that hold only the erased value too.
+    #[arg(long)]
+    pub no_skip: bool,
+    /// Print the plan (pages to read, erase and write) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Erase partly covered pages whole: the bytes the image does not supply are LOST.
+    #[arg(long)]
+    pub no_preserve: bool,
+    /// Refuse to erase a page that holds this range (ADDR:LEN, e.g. 0x0801F800:2K; repeatable).
+    #[arg(long, value_name = "ADDR:LEN", value_parser = parse_range)]
+    pub protect: Vec<(u32, u32)>,
+    /// Write even where the plan erases a protected range.
+    #[arg(long)]
+    pub force: bool,
+    /// Journal directory for pages saved before an erase (default: the user's state directory,
+    /// or $STM32BOOT_STATE_DIR/journal).
+    #[arg(long, value_name = "DIR", env = "STM32BOOT_JOURNAL")]
+    pub journal: Option<PathBuf>,
+    /// Do not journal pages before erasing them.
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
 }
 
 /// What to erase (exactly one).
@@ -301,7 +334,7 @@ pub struct SimArgs {
     pub device_file: Option<PathBuf>,
 }
 
-pub use stm32boot::units::{parse_size, parse_u32};
+pub use stm32boot::units::{parse_range, parse_size, parse_u32};
 
 fn parse_u8(s: &str) -> Result<u8, String> {
     stm32boot::units::parse_small(s)

@@ -3,6 +3,7 @@
 
 use super::args::{
     Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd, SimArgs,
+    WriteArgs,
 };
 use super::output::{human_size, Bars};
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,17 +40,12 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
             length,
             output,
         } => read(conn, *address, *length, output, bars),
-        Cmd::Write {
+        Cmd::Write(args) => write(args, bars),
+        Cmd::Recover {
             conn,
-            image,
-            verify,
-            go,
-            no_erase,
-            no_skip,
-            dry_run,
-        } => write(
-            conn, image, *verify, *go, *no_erase, *no_skip, *dry_run, bars,
-        ),
+            journal,
+            restore,
+        } => recover(conn, journal.as_deref(), *restore, bars),
         Cmd::Erase {
             conn,
             what,
@@ -258,22 +254,24 @@ fn pages_text(pages: &[Page]) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write(
-    args: &ConnectArgs,
-    image_args: &ImageArgs,
-    verify: bool,
-    go: bool,
-    no_erase: bool,
-    no_skip: bool,
-    dry_run: bool,
-    bars: &mut Bars,
-) -> Result<Outcome> {
+fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
+    let (image_args, dry_run, go) = (&w.image, w.dry_run, w.go);
     let image = load_image(image_args)?;
-    let mut conn = open(args, bars)?;
-    let mut plan_opts = flash::plan_options(&conn);
-    plan_opts.erase = !no_erase;
-    plan_opts.skip_erased_blocks = !no_skip;
-    let plan = flash::plan_write(&conn, &image, &plan_opts)?;
+    let mut conn = open(&w.conn, bars)?;
+    let mut options = WriteOptions::for_connection(&conn);
+    options.verify = w.verify;
+    options.plan.erase = !w.no_erase;
+    options.plan.skip_erased_blocks = !w.no_skip;
+    options.preserve = !w.no_preserve && !w.no_erase;
+    options.protect = w.protect.clone();
+    options.force = w.force;
+    options.journal = if w.no_journal {
+        None
+    } else {
+        w.journal.clone().or(options.journal)
+    };
+    let plan = flash::plan_write(&conn, &image, &options.plan)?;
+    flash::check_protected(&plan, &options)?;
     let file = image_args.file.display().to_string();
     if dry_run {
         let device = conn.device.clone();
@@ -294,23 +292,19 @@ fn write(
             plan.skipped_blocks
         );
         for p in &plan.partial_pages {
-            text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased", p.index));
+            if options.preserve {
+                text.push_str(&format!("\npage {} (0x{:08X}) is only partly covered: it is read first, journalled, and written back whole with the image laid over it", p.index, p.address));
+            } else {
+                text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased (--no-preserve)", p.index));
+            }
         }
         text.push_str("\n(dry run: nothing was changed)");
         return Ok(Outcome {
             text,
-            json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan) }),
+            json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan), "preserve": options.preserve }),
         });
     }
-    let report = flash::write_image(
-        &mut conn,
-        &image,
-        &WriteOptions {
-            verify,
-            plan: plan_opts,
-        },
-        bars,
-    )?;
+    let report = flash::write_image(&mut conn, &image, &options, bars)?;
     let mut go_addr = None;
     if go {
         let addr = image.start().unwrap_or(conn.device.flash.start);
@@ -336,6 +330,51 @@ fn write(
     Ok(Outcome {
         text,
         json: json!({ "file": file, "bytes": image.total_len(), "report": report, "go": go_addr }),
+    })
+}
+
+fn recover(
+    args: &ConnectArgs,
+    journal: Option<&Path>,
+    restore: bool,
+    bars: &mut Bars,
+) -> Result<Outcome> {
+    let dir = journal
+        .map(Path::to_path_buf)
+        .or_else(stm32boot::ops::journal::default_dir)
+        .ok_or_else(|| anyhow!("no journal directory: pass --journal DIR"))?;
+    let mut conn = open(args, bars)?;
+    let mut j = flash::open_journal(&mut conn, &dir)?;
+    let path = j.path().display().to_string();
+    if j.pending().is_empty() {
+        finish(conn)?;
+        return Ok(Outcome {
+            text: format!("nothing to recover: no unfinished write in {path}"),
+            json: json!({ "journal": path, "pages": [] }),
+        });
+    }
+    let mode = if restore {
+        flash::RecoverMode::Restore
+    } else {
+        flash::RecoverMode::Finish
+    };
+    let pages = flash::recover(&mut conn, &mut j, mode, bars)?;
+    finish(conn)?;
+    let verb = if restore { "restored" } else { "finished" };
+    let lines: Vec<String> = pages
+        .iter()
+        .map(|p| {
+            let what = if p.already_done {
+                "already complete"
+            } else {
+                verb
+            };
+            format!("page at 0x{:08X} ({} bytes): {what}", p.address, p.size)
+        })
+        .collect();
+    Ok(Outcome {
+        text: format!("{}\njournal {path} cleared", lines.join("\n")),
+        json: json!({ "journal": path, "mode": verb, "pages": pages }),
     })
 }
 

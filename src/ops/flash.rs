@@ -4,6 +4,7 @@ use crate::device::Page;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::ops::connect::Connection;
+use crate::ops::journal::{ChipKey, Journal, PageEntry};
 use crate::ops::plan::{EraseStep, FlashPlan, PlanOptions};
 use crate::ops::progress::{Note, Progress, Stage};
 use crate::protocol::crc::{stm32_crc, DEFAULT_INIT, DEFAULT_POLYNOMIAL};
@@ -44,6 +45,31 @@ pub struct WriteOptions {
     pub verify: bool,
     /// Planning options.
     pub plan: PlanOptions,
+    /// Keep the bytes of partly covered pages that the image does not supply (read, merge,
+    /// erase, write the whole page). Without it, those bytes are erased.
+    pub preserve: bool,
+    /// Where to journal pages before they are erased, so that a cut-off run can be finished
+    /// (`None`: no journal).
+    pub journal: Option<std::path::PathBuf>,
+    /// Address ranges (start, length) the write must not erase or change.
+    pub protect: Vec<(u32, u32)>,
+    /// Write even where the plan touches a protected range.
+    pub force: bool,
+}
+
+impl WriteOptions {
+    /// The safe defaults for this connection: verify, keep what the image does not cover, and
+    /// journal pages under the user's state directory.
+    pub fn for_connection(conn: &Connection) -> WriteOptions {
+        WriteOptions {
+            verify: true,
+            plan: plan_options(conn),
+            preserve: true,
+            journal: crate::ops::journal::default_dir(),
+            protect: Vec::new(),
+            force: false,
+        }
+    }
 }
 
 /// Planning options for this chip: the device's limits, and at most 255 pages per command where
@@ -63,7 +89,35 @@ pub fn plan_write(conn: &Connection, image: &Image, options: &PlanOptions) -> Re
     FlashPlan::new(&conn.device, image, options)
 }
 
+/// Refuse a plan that erases a page holding a protected range, unless forced. Checked before
+/// anything is sent.
+pub fn check_protected(plan: &FlashPlan, options: &WriteOptions) -> Result<()> {
+    if options.force {
+        return Ok(());
+    }
+    for &(start, len) in &options.protect {
+        let end = u64::from(start) + u64::from(len);
+        if let Some(page) = plan
+            .pages
+            .iter()
+            .find(|p| u64::from(p.address) < end && u64::from(p.end()) > u64::from(start))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "the write would erase page {} (0x{:08X}, {} bytes), which holds the protected \
+                 range 0x{start:08X}+{len}; leave that range out of the image, or pass --force",
+                page.index, page.address, page.size
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Erase the pages the image touches, write it, and verify it if asked.
+///
+/// With `preserve`, a page the image covers only in part is read first, merged with the image,
+/// journalled (original and target content) and written whole, so no byte outside the image
+/// changes; the journal entry goes once the write is verified (or written, without verify).
+/// A journal left by a run that did not finish is completed first.
 pub fn write_image(
     conn: &mut Connection,
     image: &Image,
@@ -71,14 +125,60 @@ pub fn write_image(
     progress: &mut dyn Progress,
 ) -> Result<WriteReport> {
     let plan = plan_write(conn, image, &options.plan)?;
-    for page in &plan.partial_pages {
-        progress.note(Note::Info(format!(
-            "page {} (0x{:08X}, {} KiB) is only partly covered by the image: the rest of it is erased",
-            page.index,
-            page.address,
-            page.size / 1024
-        )));
+    check_protected(&plan, options)?;
+    let mut journal = match &options.journal {
+        Some(dir) => {
+            let mut j = open_journal(conn, dir)?;
+            if !j.pending().is_empty() {
+                progress.note(Note::Warning(format!(
+                    "an earlier write to this chip did not finish ({} page(s) in {}): finishing it first",
+                    j.pending().len(),
+                    j.path().display()
+                )));
+                recover(conn, &mut j, RecoverMode::Finish, progress)?;
+            }
+            Some(j)
+        }
+        None => None,
+    };
+    let (image, plan) = if options.preserve && !plan.partial_pages.is_empty() {
+        if journal.is_none() {
+            progress.note(Note::Warning(
+                "no journal: if power or the link fails between erase and write, the kept bytes \
+                 of partly written pages are lost"
+                    .into(),
+            ));
+        }
+        let (merged, entries) = merge_partial_pages(conn, image, &plan.partial_pages, progress)?;
+        if let Some(j) = journal.as_mut() {
+            j.record(entries)?;
+        }
+        let plan = plan_write(conn, &merged, &options.plan)?;
+        (std::borrow::Cow::Owned(merged), plan)
+    } else {
+        for page in &plan.partial_pages {
+            progress.note(Note::Warning(format!(
+                "page {} (0x{:08X}, {} bytes) is only partly covered by the image: the rest of it \
+                 is erased (--no-preserve)",
+                page.index, page.address, page.size
+            )));
+        }
+        (std::borrow::Cow::Borrowed(image), plan)
+    };
+    let report = execute(conn, &image, &plan, options.verify, progress)?;
+    if let Some(j) = journal.as_mut() {
+        j.clear()?;
     }
+    Ok(report)
+}
+
+fn execute(
+    conn: &mut Connection,
+    image: &Image,
+    plan: &FlashPlan,
+    verify: bool,
+    progress: &mut dyn Progress,
+) -> Result<WriteReport> {
     let mut report = WriteReport {
         blocks_skipped: plan.skipped_blocks,
         ..WriteReport::default()
@@ -98,10 +198,146 @@ pub fn write_image(
     }
     progress.finish(Stage::Write);
     report.bytes_written = total;
-    if options.verify {
+    if verify {
         report.verified = Some(verify_image(conn, image, progress)?);
     }
     Ok(report)
+}
+
+/// The journal of the connected chip, keyed by its unique ID.
+pub fn open_journal(conn: &mut Connection, dir: &std::path::Path) -> Result<Journal> {
+    let uid = conn.unique_id()?;
+    let key = ChipKey::new(uid, conn.device.pid, &conn.device.name);
+    Journal::open(dir, key)
+}
+
+/// Read the partly covered pages and lay the image over them: the merged image covers those
+/// pages whole. Returns it with the journal entries (original and target of each page).
+fn merge_partial_pages(
+    conn: &mut Connection,
+    image: &Image,
+    pages: &[Page],
+    progress: &mut dyn Progress,
+) -> Result<(Image, Vec<PageEntry>)> {
+    if conn.read_protected {
+        return Err(Error::InvalidRequest(format!(
+            "the image covers page {} (0x{:08X}) only in part, and the chip is read-protected, so \
+             the rest of the page cannot be kept: pass --no-preserve to erase it",
+            pages[0].index, pages[0].address
+        )));
+    }
+    let mut merged = Image::new();
+    let mut entries = Vec::with_capacity(pages.len());
+    for page in pages {
+        let original = read_memory(conn, page.address, page.size, progress)?;
+        let mut target = original.clone();
+        for (addr, data) in image.slice(page.address, page.size) {
+            let off = (addr - page.address) as usize;
+            target[off..off + data.len()].copy_from_slice(data);
+        }
+        entries.push(PageEntry::new(page.address, &original, &target));
+        merged.add(page.address, &target).map_err(Error::Image)?;
+    }
+    for (addr, data) in image.segments() {
+        let mut pos = addr;
+        let end = u64::from(addr) + data.len() as u64;
+        while u64::from(pos) < end {
+            let inside = pages
+                .iter()
+                .find(|p| p.address <= pos && u64::from(p.end()) > u64::from(pos));
+            let next = match inside {
+                Some(p) => u64::from(p.end()).min(end),
+                None => {
+                    let next_page = pages
+                        .iter()
+                        .filter(|p| p.address > pos)
+                        .map(|p| u64::from(p.address))
+                        .min()
+                        .unwrap_or(end);
+                    let stop = next_page.min(end);
+                    let from = (pos - addr) as usize;
+                    let to = (stop - u64::from(addr)) as usize;
+                    merged.add(pos, &data[from..to]).map_err(Error::Image)?;
+                    stop
+                }
+            };
+            pos = match u32::try_from(next) {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+        }
+    }
+    Ok((merged, entries))
+}
+
+/// What `recover` does with a journalled page that does not hold its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoverMode {
+    /// Write the content the interrupted write meant to leave (kept bytes plus new data).
+    Finish,
+    /// Put back what the page held before the interrupted write.
+    Restore,
+}
+
+/// What `recover` found and did, per page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveredPage {
+    /// Page address.
+    pub address: u32,
+    /// Page size.
+    pub size: usize,
+    /// Whether the page already held what it should (nothing written).
+    pub already_done: bool,
+}
+
+/// Bring every page of the journal to its target (or back to its original) and clear it.
+pub fn recover(
+    conn: &mut Connection,
+    journal: &mut Journal,
+    mode: RecoverMode,
+    progress: &mut dyn Progress,
+) -> Result<Vec<RecoveredPage>> {
+    let mut out = Vec::new();
+    let entries = journal.pending().to_vec();
+    for entry in &entries {
+        let want = match mode {
+            RecoverMode::Finish => entry.target()?,
+            RecoverMode::Restore => entry.original()?,
+        };
+        let page = conn
+            .device
+            .page_at(entry.address)
+            .copied()
+            .filter(|p| p.address == entry.address && p.size as usize == want.len())
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "the journal names a {}-byte page at 0x{:08X}, which the {} does not have \
+                     (is this the right chip, and the same bank mode?)",
+                    want.len(),
+                    entry.address,
+                    conn.device.name
+                ))
+            })?;
+        let now = read_memory(conn, page.address, page.size, progress)?;
+        if now == want {
+            out.push(RecoveredPage {
+                address: page.address,
+                size: want.len(),
+                already_done: true,
+            });
+            continue;
+        }
+        let image = Image::from_bin(&want, page.address).map_err(Error::Image)?;
+        let plan = plan_write(conn, &image, &plan_options(conn))?;
+        execute(conn, &image, &plan, true, progress)?;
+        out.push(RecoveredPage {
+            address: page.address,
+            size: want.len(),
+            already_done: false,
+        });
+    }
+    journal.clear()?;
+    Ok(out)
 }
 
 fn at(e: Error, address: u32) -> Error {

@@ -6,6 +6,7 @@
 
 pub mod connect;
 pub mod flash;
+pub mod journal;
 pub mod plan;
 pub mod progress;
 

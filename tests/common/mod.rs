@@ -9,11 +9,15 @@ use stm32boot::device::DeviceTable;
 use stm32boot::sim::{Chip, SimSpec};
 
 /// Run `stm32boot` with `args`; environment variables that would change defaults are cleared.
+/// The page journal goes to a fresh directory per call unless the test passes `--journal`.
 pub fn run(args: &[&str]) -> Output {
+    let state = tempfile::tempdir().expect("temp dir");
     Command::new(env!("CARGO_BIN_EXE_stm32boot"))
         .args(args)
         .env_remove("STM32BOOT_PORT")
         .env_remove("STM32BOOT_BAUD")
+        .env_remove("STM32BOOT_JOURNAL")
+        .env("STM32BOOT_STATE_DIR", state.path())
         .output()
         .expect("the binary runs")
 }
