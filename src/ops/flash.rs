@@ -100,7 +100,7 @@ pub fn check_protected(plan: &FlashPlan, options: &WriteOptions) -> Result<()> {
         if let Some(page) = plan
             .pages
             .iter()
-            .find(|p| u64::from(p.address) < end && u64::from(p.end()) > u64::from(start))
+            .find(|p| u64::from(p.address) < end && p.end() > u64::from(start))
         {
             return Err(Error::InvalidRequest(format!(
                 "the write would erase page {} (0x{:08X}, {} bytes), which holds the protected \
@@ -244,9 +244,9 @@ fn merge_partial_pages(
         while u64::from(pos) < end {
             let inside = pages
                 .iter()
-                .find(|p| p.address <= pos && u64::from(p.end()) > u64::from(pos));
+                .find(|p| p.address <= pos && p.end() > u64::from(pos));
             let next = match inside {
-                Some(p) => u64::from(p.end()).min(end),
+                Some(p) => p.end().min(end),
                 None => {
                     let next_page = pages
                         .iter()
