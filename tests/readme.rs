@@ -26,6 +26,9 @@ fn sh(dir: &Path, line: &str) -> std::process::Output {
         .env("PATH", path)
         .env_remove("STM32BOOT_PORT")
         .env_remove("STM32BOOT_BAUD")
+        .env_remove("STM32BOOT_JOURNAL")
+        // Journals stay in the scratch directory, not the user's state directory.
+        .env("STM32BOOT_STATE_DIR", dir.join(".state"))
         .output()
         .expect("sh runs")
 }
