@@ -108,6 +108,7 @@ fn an_uninterrupted_update_keeps_the_firmware_and_clears_the_journal() {
     let port = case.chip.port();
     let out = ok(&case.write_args(&port));
     assert!(out.contains("verified"), "{out}");
+    assert!(out.contains("1 partly covered page(s) kept"), "{out}");
     case.assert_intact("after the update");
     let left: Vec<_> = std::fs::read_dir(&case.journal)
         .map(|d| d.collect())

@@ -317,8 +317,13 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
         Some(flash::VerifyMethod::ReadBack) => ", verified by reading back",
         None => "",
     };
+    let kept = if report.pages_preserved > 0 {
+        format!(", {} partly covered page(s) kept", report.pages_preserved)
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "wrote {} bytes of {file} in {} blocks ({} page(s) erased, {} all-erased block(s) skipped){verified}",
+        "wrote {} bytes of {file} in {} blocks ({} page(s) erased{kept}, {} all-erased block(s) skipped){verified}",
         image.total_len(),
         report.blocks_written,
         report.pages_erased,

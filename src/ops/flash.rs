@@ -36,6 +36,8 @@ pub struct WriteReport {
     pub bytes_written: u64,
     /// Verification, if done.
     pub verified: Option<VerifyMethod>,
+    /// Pages the image covered only in part whose other bytes were kept.
+    pub pages_preserved: usize,
 }
 
 /// Options for [`write_image`].
@@ -141,6 +143,7 @@ pub fn write_image(
         }
         None => None,
     };
+    let preserved = plan.partial_pages.len();
     let (image, plan) = if options.preserve && !plan.partial_pages.is_empty() {
         if journal.is_none() {
             progress.note(Note::Warning(
@@ -165,7 +168,10 @@ pub fn write_image(
         }
         (std::borrow::Cow::Borrowed(image), plan)
     };
-    let report = execute(conn, &image, &plan, options.verify, progress)?;
+    let mut report = execute(conn, &image, &plan, options.verify, progress)?;
+    if options.preserve {
+        report.pages_preserved = preserved;
+    }
     if let Some(j) = journal.as_mut() {
         j.clear()?;
     }
