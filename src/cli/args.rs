@@ -173,6 +173,8 @@ pub enum Cmd {
     },
     /// Run a simulated target that other programs can open.
     Sim(SimArgs),
+    /// Coefficient blocks: pack, C header, write to and read from the chip.
+    Coeffs(super::coeffs::CoeffsArgs),
 }
 
 /// Where an image comes from.

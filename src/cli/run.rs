@@ -63,6 +63,7 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
         Cmd::Ports => ports(),
         Cmd::Devices { filter } => devices(filter.as_deref()),
         Cmd::Sim(args) => sim(args, bars),
+        Cmd::Coeffs(a) => super::coeffs::run(a, bars),
     }
 }
 
@@ -74,7 +75,7 @@ fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
     })
 }
 
-fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
+pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
     let port = args.port.as_deref().ok_or_else(|| {
         anyhow!(stm32boot::Error::InvalidRequest(
             "no port given: pass --port /dev/ttyUSB0 (or --port sim:stm32f411 for the simulated \
@@ -135,7 +136,7 @@ fn page_map_summary(device: &Device) -> String {
     )
 }
 
-fn finish(conn: Connection) -> Result<()> {
+pub(super) fn finish(conn: Connection) -> Result<()> {
     conn.close()?;
     Ok(())
 }

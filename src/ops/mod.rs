@@ -4,6 +4,7 @@
 //! and the blocks to write, and is tested without a chip. Execution reports progress through
 //! [`Progress`] and never prints.
 
+pub mod coeffs;
 pub mod connect;
 pub mod flash;
 pub mod journal;
