@@ -68,6 +68,20 @@ impl Case {
         ]
     }
 
+    /// `stm32boot recover` on this chip with its journal (and `extra` flags); returns stdout.
+    fn recover(&self, extra: &[&str]) -> String {
+        let port = self.chip.port();
+        let mut args = vec![
+            "recover",
+            "--journal",
+            path_str(&self.journal),
+            "--port",
+            &port,
+        ];
+        args.extend(extra);
+        ok(&args)
+    }
+
     fn expected(&self) -> Vec<u8> {
         let mut want = self.firmware.clone();
         let off = (COEFF_AT - FLASH) as usize;
@@ -126,23 +140,11 @@ fn power_cut_at_every_step_then_recover_keeps_every_byte() {
             !out.status.success(),
             "{fault}: the write should have failed"
         );
-        let out = ok(&[
-            "recover",
-            "--journal",
-            path_str(&case.journal),
-            "--port",
-            &case.chip.port(),
-        ]);
+        let out = case.recover(&[]);
         assert!(out.contains("journal"), "{fault}: {out}");
         case.assert_intact(&format!("after {fault} and recover"));
         // The journal is gone: a second recover has nothing to do.
-        let out = ok(&[
-            "recover",
-            "--journal",
-            path_str(&case.journal),
-            "--port",
-            &case.chip.port(),
-        ]);
+        let out = case.recover(&[]);
         assert!(out.contains("nothing to recover"), "{fault}: {out}");
     }
 }
@@ -179,14 +181,7 @@ fn restore_puts_the_page_back_as_it_was() {
     let case = setup();
     let port = case.port_with("power_loss_at=write:3@0.5");
     assert!(!run(&case.write_args(&port)).status.success());
-    ok(&[
-        "recover",
-        "--restore",
-        "--journal",
-        path_str(&case.journal),
-        "--port",
-        &case.chip.port(),
-    ]);
+    case.recover(&["--restore"]);
     assert_eq!(case.chip.peek(FLASH, FIRMWARE_LEN), case.firmware);
 }
 
@@ -198,13 +193,7 @@ fn link_cut_at_many_points_then_recover_keeps_every_byte() {
         let case = setup();
         let port = case.port_with(&format!("cut_after={cut}"));
         let cut_run = run(&case.write_args(&port));
-        let out = ok(&[
-            "recover",
-            "--journal",
-            path_str(&case.journal),
-            "--port",
-            &case.chip.port(),
-        ]);
+        let out = case.recover(&[]);
         if cut_run.status.success() {
             assert!(out.contains("nothing to recover"), "cut {cut}: {out}");
         }
