@@ -241,8 +241,8 @@ pub struct EraseWhat {
     #[arg(long)]
     pub pages: Option<String>,
     /// An address range ADDR:LEN, which must start and end on page bounds unless --expand.
-    #[arg(long)]
-    pub range: Option<String>,
+    #[arg(long, value_name = "ADDR:LEN", value_parser = parse_range)]
+    pub range: Option<(u32, u32)>,
 }
 
 /// Protection subcommands.

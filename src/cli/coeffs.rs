@@ -9,7 +9,6 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use stm32boot::image::Image;
 use stm32boot::ops::coeffs::{
     self, block, header, slot_name, Layout, ReadReport, SlotState, Table, TableKey, Values,
 };
@@ -148,18 +147,8 @@ fn pack(
     let address = layout.slots[index];
     let data = block::pack(&layout, &values, sequence)?;
     let crc = crc_of(&layout, &data);
-    let hex = output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("hex"));
-    let bytes = if hex {
-        Image::from_bin(&data, address)
-            .and_then(|i| i.to_ihex())
-            .map_err(stm32boot::Error::from)?
-            .into_bytes()
-    } else {
-        data.clone()
-    };
-    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    super::run::write_data_file(output, address, &data)?;
+    let hex = super::run::is_hex(output);
     Ok(Outcome {
         text: format!(
             "packed {} (layout version {}, {} bytes, sequence {sequence}, CRC 0x{crc:08X}) for \
@@ -381,20 +370,7 @@ fn write(w: &CoeffsWriteArgs, bars: &mut Bars) -> Result<Outcome> {
 }
 
 fn slots_text(report: &ReadReport) -> String {
-    report
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            format!(
-                "slot {} at 0x{:08X}: {}",
-                slot_name(i),
-                s.address,
-                s.state.describe(report.erased)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    report.slot_lines().join("\n")
 }
 
 fn slots_json(report: &ReadReport) -> Value {

@@ -187,6 +187,28 @@ fn info(args: &ConnectArgs, bars: &mut Bars) -> Result<Outcome> {
     Ok(Outcome { text, json })
 }
 
+/// Whether an output file name asks for Intel HEX.
+pub(super) fn is_hex(output: &Path) -> bool {
+    output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("hex"))
+}
+
+/// Write `data` (which sits at `address`) to `output`: Intel HEX for a `.hex` name, raw binary
+/// otherwise.
+pub(super) fn write_data_file(output: &Path, address: u32, data: &[u8]) -> Result<()> {
+    let hex = is_hex(output);
+    let bytes = if hex {
+        Image::from_bin(data, address)
+            .and_then(|i| i.to_ihex())
+            .map_err(stm32boot::Error::from)?
+            .into_bytes()
+    } else {
+        data.to_vec()
+    };
+    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))
+}
+
 fn read(
     args: &ConnectArgs,
     address: u32,
@@ -194,21 +216,11 @@ fn read(
     output: &Path,
     bars: &mut Bars,
 ) -> Result<Outcome> {
-    let hex = output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("hex"));
+    let hex = is_hex(output);
     let mut conn = open(args, bars)?;
     let data = flash::read_memory(&mut conn, address, length, bars)?;
     finish(conn)?;
-    let bytes = if hex {
-        Image::from_bin(&data, address)
-            .and_then(|i| i.to_ihex())
-            .map_err(stm32boot::Error::from)?
-            .into_bytes()
-    } else {
-        data
-    };
-    std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))?;
+    write_data_file(output, address, &data)?;
     Ok(Outcome {
         text: format!(
             "read {length} bytes from 0x{address:08X} into {}",
@@ -418,27 +430,7 @@ fn erase(
 ) -> Result<Outcome> {
     // Parse what can be parsed before the port opens.
     let pages_arg = what.pages.as_deref().map(parse_page_range).transpose()?;
-    let range_arg = what
-        .range
-        .as_deref()
-        .map(|r| -> Result<(u32, u32)> {
-            let (a, l) = r.split_once(':').ok_or_else(|| {
-                anyhow!(stm32boot::Error::InvalidRequest(format!(
-                    "--range {r}: use ADDR:LEN, e.g. 0x08004000:16K"
-                )))
-            })?;
-            let a = super::args::parse_u32(a)
-                .map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
-            let l = super::args::parse_size(l)
-                .map_err(|e| anyhow!(stm32boot::Error::InvalidRequest(e)))?;
-            if l == 0 {
-                bail!(stm32boot::Error::InvalidRequest(
-                    "--range: the length is 0".into()
-                ));
-            }
-            Ok((a, l))
-        })
-        .transpose()?;
+    let range_arg = what.range;
     let mut conn = open(args, bars)?;
     let device = conn.device.clone();
     let opts = flash::plan_options(&conn);

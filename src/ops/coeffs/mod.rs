@@ -73,10 +73,9 @@ impl ReadReport {
         }
     }
 
-    /// Why there is no valid block, naming each slot (for the error when none is found).
-    pub fn why_none(&self, layout: &Layout) -> String {
-        let parts: Vec<String> = self
-            .slots
+    /// One line per slot: its name, address and what it holds.
+    pub fn slot_lines(&self) -> Vec<String> {
+        self.slots
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -87,7 +86,12 @@ impl ReadReport {
                     s.state.describe(self.erased)
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    /// Why there is no valid block, naming each slot (for the error when none is found).
+    pub fn why_none(&self, layout: &Layout) -> String {
+        let parts = self.slot_lines();
         format!(
             "no valid {} block (layout version {}): {}",
             layout.name,
