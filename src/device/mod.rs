@@ -6,6 +6,7 @@
 //! family (erased value, programming unit, re-programming rule, alignment), option-byte and OTP
 //! windows, and the bootloader's version and command list.
 
+pub mod options;
 mod schema;
 
 use crate::error::{Error, Result};
@@ -185,6 +186,8 @@ pub struct Device {
     pub quirks: Vec<Quirk>,
     /// Factory option-byte contents (address, bytes).
     pub ob_default: Vec<(u32, Vec<u8>)>,
+    /// Option-byte layout: named fields and where they sit, if the table describes the family.
+    pub ob_layout: Option<options::ObLayout>,
     /// Sector sizes per bank, run-length (last repeats), kept to re-derive the map.
     #[serde(skip)]
     pub(crate) sector_pattern: Vec<u32>,
@@ -372,6 +375,7 @@ impl Device {
             mass_erase: true,
             quirks: Vec::new(),
             ob_default: Vec::new(),
+            ob_layout: None,
             sector_pattern: vec![flash_size.max(1)],
             bank2_first_page: None,
             base_banks: 1,

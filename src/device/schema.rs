@@ -55,6 +55,8 @@ struct TableFile {
     family: BTreeMap<String, FamilyEntry>,
     #[serde(default)]
     device: Vec<DeviceEntry>,
+    #[serde(default)]
+    ob_layout: BTreeMap<String, super::options::LayoutEntry>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -75,6 +77,7 @@ struct FamilyEntry {
     startup_us: Option<u32>,
     boot_select: Option<BootSelect>,
     empty_check: Option<bool>,
+    ob_layout: Option<String>,
     #[serde(default)]
     ob_default: Vec<ObDefault>,
 }
@@ -233,14 +236,17 @@ pub(super) fn layout(
 pub(super) fn parse(text: &str, origin: &str) -> Result<Vec<Device>> {
     let file: TableFile =
         toml::from_str(text).map_err(|e| Error::Device(format!("{origin}: {e}")))?;
-    let builtin_families: BTreeMap<String, FamilyEntry> = if origin == "built-in device table" {
-        BTreeMap::new()
+    let (builtin_families, builtin_layouts) = if origin == "built-in device table" {
+        (BTreeMap::new(), BTreeMap::new())
     } else {
-        // A user file may name a family of the built-in table without repeating its rules.
+        // A user file may name a family or an option-byte layout of the built-in table without
+        // repeating it.
         toml::from_str::<TableFile>(include_str!("devices.toml"))
-            .map(|t| t.family)
+            .map(|t| (t.family, t.ob_layout))
             .unwrap_or_default()
     };
+    let mut layouts = builtin_layouts;
+    layouts.extend(file.ob_layout);
     let mut out = Vec::with_capacity(file.device.len());
     for entry in file.device {
         let family = file
@@ -249,13 +255,18 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Vec<Device>> {
             .or_else(|| builtin_families.get(&entry.family))
             .cloned()
             .unwrap_or_default();
-        let dev = build(entry, &family).map_err(|e| Error::Device(format!("{origin}: {e}")))?;
+        let dev =
+            build(entry, &family, &layouts).map_err(|e| Error::Device(format!("{origin}: {e}")))?;
         out.push(dev);
     }
     Ok(out)
 }
 
-fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, String> {
+fn build(
+    e: DeviceEntry,
+    fam: &FamilyEntry,
+    ob_layouts: &BTreeMap<String, super::options::LayoutEntry>,
+) -> std::result::Result<Device, String> {
     let who = format!("device {} (PID 0x{:03X})", e.name, e.pid);
     let r = &e.rules;
     macro_rules! rule {
@@ -372,6 +383,18 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
             ));
         }
     }
+    // A part without option-byte windows has no layout, unless it asks for one by name.
+    if r.ob_layout.is_some() && e.option_bytes.is_empty() {
+        return Err(format!("{who}: ob_layout needs an option-byte window"));
+    }
+    let ob_layout = r
+        .ob_layout
+        .as_ref()
+        .or(fam.ob_layout.as_ref())
+        .filter(|_| !e.option_bytes.is_empty())
+        .map(|name| super::options::resolve(name, ob_layouts))
+        .transpose()
+        .map_err(|m| format!("{who}: {m}"))?;
     let parts = if e.parts.is_empty() {
         vec![e.name.to_ascii_lowercase()]
     } else {
@@ -405,6 +428,7 @@ fn build(e: DeviceEntry, fam: &FamilyEntry) -> std::result::Result<Device, Strin
         mass_erase: e.mass_erase,
         quirks: e.quirks,
         ob_default,
+        ob_layout,
         sector_pattern: pattern,
         bank2_first_page: e.bank2_first_page,
         base_banks: e.banks,
