@@ -175,6 +175,14 @@ pub enum Cmd {
     Sim(SimArgs),
     /// Coefficient blocks: pack, C header, write to and read from the chip.
     Coeffs(super::coeffs::CoeffsArgs),
+    /// Option bytes by name: show them decoded, or change named fields.
+    Ob(super::ob::ObArgs),
+    /// Dual-bank parts: which bank boots, whether each holds an image, and swapping them.
+    Bank(super::bank::BankArgs),
+    /// The one-time-programmable area: show blocks, write once, lock.
+    Otp(super::otp::OtpArgs),
+    /// Check the link and the chip: baud and parity, echo, BOOT0, protection, bank mode.
+    Doctor(super::doctor::DoctorArgs),
 }
 
 /// Where an image comes from.

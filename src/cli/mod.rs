@@ -1,6 +1,10 @@
 //! The `stm32boot` command line: argument definitions, output, and the commands.
 
 pub mod args;
+pub mod bank;
 pub mod coeffs;
+pub mod doctor;
+pub mod ob;
+pub mod otp;
 pub mod output;
 pub mod run;

@@ -64,6 +64,10 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
         Cmd::Devices { filter } => devices(filter.as_deref()),
         Cmd::Sim(args) => sim(args, bars),
         Cmd::Coeffs(a) => super::coeffs::run(a, bars),
+        Cmd::Ob(a) => super::ob::run(a, bars),
+        Cmd::Bank(a) => super::bank::run(a, bars),
+        Cmd::Otp(a) => super::otp::run(a, bars),
+        Cmd::Doctor(a) => super::doctor::run(a, bars),
     }
 }
 
