@@ -144,6 +144,34 @@ pub enum Error {
         /// The underlying error (shown in the message, so not chained as a source).
         error: std::io::Error,
     },
+    /// The chip's own settings (write or read protection, bank mode) forbid the operation;
+    /// nothing was sent that changes the chip.
+    #[error("{0}")]
+    Refused(String),
+    /// A failure, with what the chip's protection and bank settings say about it.
+    #[error("{failure}{}", findings_text(.findings))]
+    Diagnosed {
+        /// The failure (shown in the message, so not chained as a source).
+        failure: Box<Error>,
+        /// Why it happened and what to do, in plain words.
+        findings: Vec<Finding>,
+    },
+}
+
+/// One cause of a failure found by reading the chip's settings, and its fix.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// What is wrong ("sector 3 is write-protected").
+    pub problem: String,
+    /// What to do about it ("run `stm32boot protect write off`").
+    pub fix: String,
+}
+
+fn findings_text(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| format!("\n  cause: {}\n  fix: {}", f.problem, f.fix))
+        .collect()
 }
 
 impl Error {
@@ -155,9 +183,30 @@ impl Error {
         }
     }
 
+    /// The failure itself, without the diagnosis around it.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Diagnosed { failure, .. } => failure.root(),
+            other => other,
+        }
+    }
+
+    /// Attach findings (no-op when there are none).
+    pub fn with_findings(self, findings: Vec<Finding>) -> Error {
+        if findings.is_empty() {
+            self
+        } else {
+            Error::Diagnosed {
+                failure: Box::new(self),
+                findings,
+            }
+        }
+    }
+
     /// A short, stable code for scripts (`--json` output and exit codes).
     pub fn code(&self) -> &'static str {
         match self {
+            Error::Diagnosed { failure, .. } => failure.code(),
             Error::Nack { .. } => "nack",
             Error::Timeout { .. } => "timeout",
             Error::UnexpectedReply { .. } => "unexpected-reply",
@@ -170,6 +219,7 @@ impl Error {
             Error::Image(_) => "bad-image",
             Error::Device(_) => "device",
             Error::Io { .. } => "io",
+            Error::Refused(_) => "refused-by-chip-settings",
         }
     }
 }

@@ -46,4 +46,4 @@ pub mod sim;
 pub mod transport;
 pub mod units;
 
-pub use error::{Error, Result};
+pub use error::{Error, Finding, Result};

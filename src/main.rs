@@ -11,7 +11,7 @@ use std::process::ExitCode;
 /// Exit codes scripts can rely on.
 fn exit_code(err: &anyhow::Error) -> u8 {
     use stm32boot::Error as E;
-    match err.downcast_ref::<E>() {
+    match err.downcast_ref::<E>().map(E::root) {
         Some(E::InvalidRequest(_) | E::Image(_) | E::Device(_)) => 2,
         Some(E::NoSync { .. }) => 3,
         Some(E::Link(stm32boot::link::LinkError::Open { .. })) => 3,
@@ -21,7 +21,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             | E::Timeout { .. }
             | E::UnexpectedReply { .. }
             | E::MalformedReply { .. }
-            | E::Unsupported { .. },
+            | E::Unsupported { .. }
+            | E::Refused(_),
         ) => 5,
         Some(E::Link(_) | E::Io { .. }) => 6,
         _ => 1,
@@ -32,6 +33,13 @@ fn error_code(err: &anyhow::Error) -> &'static str {
     err.downcast_ref::<stm32boot::Error>()
         .map(|e| e.code())
         .unwrap_or("error")
+}
+
+fn findings(err: &anyhow::Error) -> Vec<stm32boot::Finding> {
+    match err.downcast_ref::<stm32boot::Error>() {
+        Some(stm32boot::Error::Diagnosed { findings, .. }) => findings.clone(),
+        _ => Vec::new(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -69,7 +77,7 @@ fn main() -> ExitCode {
             if cli.json {
                 println!(
                     "{}",
-                    json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code }, "notes": bars.notes })
+                    json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code, "findings": findings(&err) }, "notes": bars.notes })
                 );
             } else {
                 eprintln!("error: {err:#}");

@@ -390,7 +390,7 @@ fn readout_protection_on_blocks_reads_and_off_mass_erases() {
 }
 
 #[test]
-fn write_protection_keeps_a_sector_and_verify_says_where() {
+fn write_protection_keeps_a_sector_and_the_write_is_refused_first() {
     let sim = SimChip::new(F411);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(256, 8)).unwrap();
@@ -414,9 +414,13 @@ fn write_protection_keeps_a_sector_and_verify_says_where() {
             "--port",
             &sim.port(),
         ],
-        4,
+        5,
     );
-    assert!(err.contains("write-protected"), "{err}");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("sector 1 (0x08004000-0x08007FFF) is write-protected"),
+        "{err}"
+    );
     assert_eq!(sim.peek(0x0800_4000, 256), pattern(256, 8));
     ok(&["protect", "--port", &sim.port(), "write", "off"]);
     ok(&[

@@ -2,7 +2,7 @@
 //! every PID is present, page maps fill the flash, sector lists and layouts match §3, memory
 //! windows match §2/§4/§7/§8, bootloader versions match §9/§10 and quirks match §11.
 
-use stm32boot::device::{Device, DeviceTable, Quirk, Reprogram, WrpScheme};
+use stm32boot::device::{Device, DeviceTable, Quirk, Reprogram};
 
 /// devices.md §4: the 65 entries of the stm32flash table.
 const STM32FLASH_PIDS: [u16; 65] = [
@@ -531,7 +531,13 @@ fn option_bytes_otp_and_uid_per_family() {
         );
         assert_eq!(d.uid, Some(0x1FFF_7A10));
         assert_eq!(d.flash_size_register, Some(0x1FFF_7A22));
-        assert_eq!(d.rules.wrp, WrpScheme::F4Nwrp);
+        // Write protection: the nWRP mask of the option-byte layout.
+        assert!(
+            d.ob_layout
+                .as_ref()
+                .is_some_and(|l| l.field("nWRP").is_some()),
+            "0x{p:03X}"
+        );
         assert_eq!(d.rules.rdp_address, Some(0x1FFF_C001));
         let two = matches!(p, 0x419 | 0x434);
         assert_eq!(d.option_bytes.len(), if two { 2 } else { 1 }, "0x{p:03X}");
@@ -578,7 +584,12 @@ fn option_bytes_otp_and_uid_per_family() {
             );
             assert_eq!(d.uid, Some(0x1FFF_7590), "{who}");
             assert_eq!(d.flash_size_register, Some(0x1FFF_75E0), "{who}");
-            assert_eq!(d.rules.wrp, WrpScheme::Areas, "{who}");
+            assert!(
+                d.ob_layout
+                    .as_ref()
+                    .is_some_and(|l| l.areas.iter().any(|a| a.write_protect)),
+                "{who}: write-protection areas"
+            );
             assert_eq!(d.rules.ob_complement_offset, Some(4), "{who}");
             assert_eq!(d.rules.rdp_address, Some(d.option_bytes[0].start), "{who}");
         }
@@ -624,7 +635,10 @@ fn option_bytes_otp_and_uid_per_family() {
         let d = pid(p);
         assert!(d.option_bytes.is_empty(), "0x{p:03X}");
         assert_eq!(d.rules.rdp_address, None, "0x{p:03X}");
-        assert_eq!(d.rules.wrp, WrpScheme::None, "0x{p:03X}");
+        assert!(
+            d.ob_layout.is_none(),
+            "0x{p:03X}: no write-protection model"
+        );
     }
     assert_eq!(pid(0x450).uid, Some(0x1FF1_E800));
     assert_eq!(pid(0x450).flash_size_register, Some(0x1FF1_E880));

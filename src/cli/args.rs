@@ -233,6 +233,10 @@ pub struct WriteArgs {
     /// Do not journal pages before erasing them.
     #[arg(long, conflicts_with = "journal")]
     pub no_journal: bool,
+    /// Place an image linked for bank 1 into this bank of a dual-bank part (its bytes land at
+    /// the same offsets inside the bank); `bank swap` then boots it.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub bank: Option<u8>,
 }
 
 /// What to erase (exactly one).
@@ -266,12 +270,13 @@ pub enum ProtectCmd {
         #[arg(long)]
         confirm_mass_erase: bool,
     },
-    /// Write protection: `on SECTORS` (codes as the family defines them) or `off` for all.
+    /// Write protection: `on PAGES` (page or sector numbers as `info` lists them; the tool
+    /// turns them into the family's Write Protect codes) or `off` for all.
     Write {
         /// on or off.
         #[arg(value_enum)]
         state: OnOff,
-        /// Sector numbers for `on` (e.g. 0,1,2 or 0..3).
+        /// Page or sector numbers for `on` (e.g. 0,1,2 or 0..3).
         sectors: Option<String>,
     },
 }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use stm32boot::device::{Device, DeviceTable, Page};
 use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
+use stm32boot::ops::diagnose::{self, Failure, Operation};
 use stm32boot::ops::flash::{self, WriteOptions};
+use stm32boot::ops::option_bytes;
 use stm32boot::ops::plan::{erase_steps, EraseStep};
 use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
 use stm32boot::session::{Session, Timeouts};
@@ -80,6 +82,20 @@ fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
 }
 
 pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
+    let (link, table) = open_link(args, bars)?;
+    let session = Session::new(link, Timeouts::scaled(args.timeout_scale));
+    let options = ConnectOptions {
+        flash_size: args.flash_size,
+    };
+    Ok(connect(session, &table, &options, bars)?)
+}
+
+/// Open the port with the line settings and DTR/RTS levels asked for, without talking to the
+/// bootloader; also returns the device table to use.
+pub(super) fn open_link(
+    args: &ConnectArgs,
+    bars: &mut Bars,
+) -> Result<(Box<dyn stm32boot::link::Link>, DeviceTable)> {
     let port = args.port.as_deref().ok_or_else(|| {
         anyhow!(stm32boot::Error::InvalidRequest(
             "no port given: pass --port /dev/ttyUSB0 (or --port sim:stm32f411 for the simulated \
@@ -108,11 +124,7 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
             bars.note(Note::Warning(format!("RTS left as it was: {e}")));
         }
     }
-    let session = Session::new(link, Timeouts::scaled(args.timeout_scale));
-    let options = ConnectOptions {
-        flash_size: args.flash_size,
-    };
-    Ok(connect(session, &table, &options, bars)?)
+    Ok((link, table))
 }
 
 fn load_image(args: &ImageArgs) -> Result<Image> {
@@ -222,7 +234,18 @@ fn read(
 ) -> Result<Outcome> {
     let hex = is_hex(output);
     let mut conn = open(args, bars)?;
-    let data = flash::read_memory(&mut conn, address, length, bars)?;
+    let data = match flash::read_memory(&mut conn, address, length, bars) {
+        Ok(d) => d,
+        Err(e) if diagnose::worth_diagnosing(&e) => {
+            let failure = Failure {
+                op: Operation::Read,
+                range: Some((address, u64::from(address) + u64::from(length))),
+                bank_given: true,
+            };
+            return Err(diagnose::diagnosed(&mut conn, &failure, e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     finish(conn)?;
     write_data_file(output, address, &data)?;
     Ok(Outcome {
@@ -275,6 +298,10 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     let (image_args, dry_run, go) = (&w.image, w.dry_run, w.go);
     let image = load_image(image_args)?;
     let mut conn = open(&w.conn, bars)?;
+    let image = match w.bank {
+        Some(b) => stm32boot::ops::bank::relocate_to_bank(&conn.device, &image, b)?,
+        None => image,
+    };
     let mut options = WriteOptions::for_connection(&conn);
     options.verify = w.verify;
     options.plan.erase = !w.no_erase;
@@ -321,7 +348,32 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
             json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan), "preserve": options.preserve }),
         });
     }
-    let report = flash::write_image(&mut conn, &image, &options, bars)?;
+    let mut pages: Vec<u16> = plan
+        .erase
+        .iter()
+        .flat_map(|st| st.pages(&conn.device).iter().map(|p| p.index))
+        .collect();
+    pages.extend(
+        plan.blocks
+            .iter()
+            .filter_map(|b| conn.device.page_at(b.address).map(|p| p.index)),
+    );
+    pages.sort_unstable();
+    pages.dedup();
+    diagnose::check_writable(&mut conn, &pages, Operation::Write)?;
+    warn_unselected_bank(&mut conn, &image, w.bank, bars);
+    let report = match flash::write_image(&mut conn, &image, &options, bars) {
+        Ok(r) => r,
+        Err(e) if diagnose::worth_diagnosing(&e) => {
+            let failure = Failure {
+                op: Operation::Write,
+                range: image.start().zip(image.end()),
+                bank_given: w.bank.is_some(),
+            };
+            return Err(diagnose::diagnosed(&mut conn, &failure, e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut go_addr = None;
     if go {
         let addr = image.start().unwrap_or(conn.device.flash.start);
@@ -353,6 +405,25 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
         text,
         json: json!({ "file": file, "bytes": image.total_len(), "report": report, "go": go_addr }),
     })
+}
+
+/// Warn when an image for bank 1 goes to a dual-bank part that boots bank 2.
+fn warn_unselected_bank(conn: &mut Connection, image: &Image, bank: Option<u8>, bars: &mut Bars) {
+    if bank.is_some() || conn.device.banks != 2 || conn.read_protected {
+        return;
+    }
+    let range = image.start().zip(image.end());
+    let failure = Failure {
+        op: Operation::Write,
+        range,
+        bank_given: false,
+    };
+    for f in diagnose::explain(conn, &failure)
+        .into_iter()
+        .filter(|f| f.problem.starts_with("bank 2 is selected"))
+    {
+        bars.note(Note::Warning(format!("{}; {}", f.problem, f.fix)));
+    }
 }
 
 fn recover(
@@ -522,9 +593,23 @@ fn erase(
             json: json!({ "dry_run": true, "pages": pages.iter().map(|p| p.index).collect::<Vec<_>>() }),
         });
     }
-    let erased = match what.bank {
-        Some(bank) => flash::erase_bank(&mut conn, bank, bars)?,
-        None => flash::run_erase(&mut conn, &steps, bars)?,
+    let indices: Vec<u16> = pages.iter().map(|p| p.index).collect();
+    diagnose::check_writable(&mut conn, &indices, Operation::Erase)?;
+    let result = match what.bank {
+        Some(bank) => flash::erase_bank(&mut conn, bank, bars),
+        None => flash::run_erase(&mut conn, &steps, bars),
+    };
+    let erased = match result {
+        Ok(n) => n,
+        Err(e) if diagnose::worth_diagnosing(&e) => {
+            let failure = Failure {
+                op: Operation::Erase,
+                range: None,
+                bank_given: true,
+            };
+            return Err(diagnose::diagnosed(&mut conn, &failure, e).into());
+        }
+        Err(e) => return Err(e.into()),
     };
     finish(conn)?;
     Ok(Outcome {
@@ -536,7 +621,18 @@ fn erase(
 fn verify(args: &ConnectArgs, image_args: &ImageArgs, bars: &mut Bars) -> Result<Outcome> {
     let image = load_image(image_args)?;
     let mut conn = open(args, bars)?;
-    let method = flash::verify_image(&mut conn, &image, bars)?;
+    let method = match flash::verify_image(&mut conn, &image, bars) {
+        Ok(m) => m,
+        Err(e) if diagnose::worth_diagnosing(&e) => {
+            let failure = Failure {
+                op: Operation::Verify,
+                range: image.start().zip(image.end()),
+                bank_given: false,
+            };
+            return Err(diagnose::diagnosed(&mut conn, &failure, e).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     finish(conn)?;
     Ok(Outcome {
         text: format!(
@@ -581,21 +677,15 @@ fn go(args: &ConnectArgs, address: Option<u32>, bars: &mut Bars) -> Result<Outco
     })
 }
 
-fn parse_codes(s: &str) -> Result<Vec<u8>> {
+fn parse_pages(s: &str) -> Result<Vec<u16>> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (a, b) = parse_page_range(part.trim())?;
-        for c in a..=b {
-            out.push(u8::try_from(c).map_err(|_| {
-                anyhow!(stm32boot::Error::InvalidRequest(format!(
-                    "sector {c} is out of range (0-255)"
-                )))
-            })?);
-        }
+        out.extend(a..=b);
     }
     if out.is_empty() {
         bail!(stm32boot::Error::InvalidRequest(
-            "name the sectors to protect, e.g. 0,1 or 0..3".into()
+            "name the pages or sectors to protect, e.g. 0,1 or 0..3".into()
         ));
     }
     Ok(out)
@@ -603,14 +693,14 @@ fn parse_codes(s: &str) -> Result<Vec<u8>> {
 
 fn protect(args: &ConnectArgs, what: &ProtectCmd, bars: &mut Bars) -> Result<Outcome> {
     let invalid = |m: &str| anyhow!(stm32boot::Error::InvalidRequest(m.to_string()));
-    let codes = match what {
+    let pages = match what {
         ProtectCmd::Readout { state: OnOff::Off, confirm_mass_erase: false } => {
             return Err(invalid(
                 "turning readout protection off MASS-ERASES the whole flash: pass --confirm-mass-erase to go ahead",
             ))
         }
         ProtectCmd::Write { state: OnOff::On, sectors } => {
-            Some(parse_codes(sectors.as_deref().ok_or_else(|| invalid("protect write on needs the sectors, e.g. 0,1"))?)?)
+            Some(parse_pages(sectors.as_deref().ok_or_else(|| invalid("protect write on needs the pages or sectors, e.g. 0,1"))?)?)
         }
         ProtectCmd::Write { state: OnOff::Off, sectors: Some(_) } => {
             return Err(invalid("protect write off clears all write protection and takes no sectors"))
@@ -623,6 +713,7 @@ fn protect(args: &ConnectArgs, what: &ProtectCmd, bars: &mut Bars) -> Result<Out
             state: OnOff::On, ..
         } => {
             conn.session.readout_protect()?;
+            conn.read_protected = true;
             bars.note(Note::Warning(
                 "read protection is now active: the flash cannot be read or written over the bootloader until `stm32boot protect readout off --confirm-mass-erase`, which erases it".into(),
             ));
@@ -631,20 +722,70 @@ fn protect(args: &ConnectArgs, what: &ProtectCmd, bars: &mut Bars) -> Result<Out
         ProtectCmd::Readout {
             state: OnOff::Off, ..
         } => {
+            bars.note(Note::Info(format!(
+                "Readout Unprotect: the chip mass-erases its flash (up to {} s) and resets",
+                conn.session
+                    .timeouts()
+                    .apply(conn.session.timeouts().readout_unprotect)
+                    .as_secs()
+            )));
             conn.session.readout_unprotect()?;
+            conn.read_protected = false;
+            conn.reload_layout(bars)?;
             "readout protection removed (level 0): the flash was mass-erased; the chip was reset and re-synced".to_string()
         }
         ProtectCmd::Write {
             state: OnOff::On, ..
         } => {
-            let codes = codes.unwrap_or_default();
+            let pages = pages.unwrap_or_default();
+            let (codes, covered) = option_bytes::write_protect_codes(&conn.device, &pages)?;
+            if covered.len() > pages.len() {
+                bars.note(Note::Warning(format!(
+                    "write protection of {} works in larger units: pages {} will be protected",
+                    conn.device.name,
+                    option_bytes::page_runs(&covered)
+                )));
+            }
             conn.session.write_protect(&codes)?;
-            format!("write protection set for {codes:?}; the chip was reset and re-synced")
+            let now = option_bytes::read(&mut conn)?;
+            let layout = option_bytes::layout(&conn.device)?;
+            let protected = option_bytes::write_protected_pages(&conn.device, layout, &now);
+            let missing: Vec<u16> = pages
+                .iter()
+                .copied()
+                .filter(|p| !protected.contains(p))
+                .collect();
+            if !missing.is_empty() {
+                bail!(stm32boot::Error::Verify {
+                    address: conn.device.option_bytes[0].start,
+                    detail: format!(
+                        "after Write Protect the option bytes do not protect page(s) {}",
+                        option_bytes::page_runs(&missing)
+                    ),
+                });
+            }
+            format!(
+                "page(s) {} are now write-protected; the chip was reset and re-synced",
+                option_bytes::page_runs(&protected)
+            )
         }
         ProtectCmd::Write {
             state: OnOff::Off, ..
         } => {
             conn.session.write_unprotect()?;
+            if let Some(layout) = conn.device.ob_layout.clone() {
+                let now = option_bytes::read(&mut conn)?;
+                let left = option_bytes::write_protected_pages(&conn.device, &layout, &now);
+                if !left.is_empty() {
+                    bail!(stm32boot::Error::Verify {
+                        address: conn.device.option_bytes[0].start,
+                        detail: format!(
+                            "after Write Unprotect page(s) {} are still protected",
+                            option_bytes::page_runs(&left)
+                        ),
+                    });
+                }
+            }
             "write protection removed; the chip was reset and re-synced".to_string()
         }
     };

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use schema::{BootloaderSpec, Reprogram, WrpScheme};
+pub use schema::{BootloaderSpec, Reprogram};
 
 /// An inclusive address range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -108,8 +108,6 @@ pub struct FlashRules {
     pub reprogram: Reprogram,
     /// Address alignment a Write Memory needs.
     pub write_align: u32,
-    /// How write protection is encoded.
-    pub wrp: WrpScheme,
     /// Address of the RDP byte in the option bytes.
     pub rdp_address: Option<u32>,
     /// RDP value meaning "no protection" (0xAA, or 0xA5 on F1).
@@ -360,7 +358,6 @@ impl Device {
                 program_unit: 32,
                 reprogram: Reprogram::UnitBlank,
                 write_align: 32,
-                wrp: WrpScheme::None,
                 rdp_address: None,
                 rdp_unprotected: 0xAA,
                 ob_complement_offset: None,

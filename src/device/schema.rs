@@ -20,18 +20,6 @@ pub enum Reprogram {
     WordZero,
 }
 
-/// How a family encodes write protection in its option bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WrpScheme {
-    /// F2/F4/F7: nWRP bits, one per sector, 0 = protected; the 16-bit word at OB + 8.
-    F4Nwrp,
-    /// L4/G0/G4/WB/WL: start/end page areas (WRP1A, WRP1B, WRP2A, WRP2B).
-    Areas,
-    /// No write protection model for this family.
-    None,
-}
-
 /// The bootloader a part carries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +54,6 @@ struct FamilyEntry {
     program_unit: Option<u32>,
     reprogram: Option<Reprogram>,
     write_align: Option<u32>,
-    wrp: Option<WrpScheme>,
     rdp_address: Option<u32>,
     rdp_unprotected: Option<u8>,
     ob_complement_offset: Option<u32>,
@@ -291,7 +278,6 @@ fn build(
         program_unit: rule!(program_unit)?,
         reprogram: rule!(reprogram)?,
         write_align: rule!(write_align)?,
-        wrp: r.wrp.or(fam.wrp).unwrap_or(WrpScheme::None),
         rdp_address: r.rdp_address.or(fam.rdp_address),
         rdp_unprotected: r.rdp_unprotected.or(fam.rdp_unprotected).unwrap_or(0xAA),
         ob_complement_offset: r.ob_complement_offset.or(fam.ob_complement_offset),

@@ -37,6 +37,17 @@ impl Connection {
         Ok(())
     }
 
+    /// Derive the page map again from the option bits that choose it (after an option-byte
+    /// change such as DB1M, DBANK or DUALBANK).
+    pub fn reload_layout(&mut self, progress: &mut dyn Progress) -> Result<()> {
+        if self.read_protected {
+            return Ok(());
+        }
+        let size = self.device.flash_size();
+        self.device = layout_for(&mut self.session, &self.device, size, progress)?;
+        Ok(())
+    }
+
     /// Read the 96-bit unique device ID, where the part has one and reads are allowed.
     pub fn unique_id(&mut self) -> Result<Option<[u8; 12]>> {
         let Some(addr) = self.device.uid else {
@@ -113,25 +124,8 @@ pub fn connect(
             Err(e) => return Err(e),
         }
     }
-    let mut option_bytes = Vec::new();
-    if !read_protected {
-        for addr in device.layout_option_addresses(size) {
-            let mut b = [0u8; 1];
-            session.read_memory(addr, &mut b)?;
-            option_bytes.push((addr, b[0]));
-        }
-    }
-    let reader = |a: u32| option_bytes.iter().find(|(x, _)| *x == a).map(|(_, b)| *b);
-    if size != device.flash_size() || !option_bytes.is_empty() {
-        match device.with_layout(size, &reader) {
-            Ok(d) => device = d,
-            Err(e) => progress.note(Note::Warning(format!(
-                "the chip reports {} KiB of flash, which does not fit the table's layout ({e}); \
-                 using the table's {} KiB (override with --flash-size)",
-                size / 1024,
-                device.flash_size() / 1024
-            ))),
-        }
+    if !read_protected || size != device.flash_size() {
+        device = layout_for(&mut session, &device, size, progress)?;
     }
     Ok(Connection {
         session,
@@ -139,6 +133,44 @@ pub fn connect(
         bootloader: info,
         read_protected,
     })
+}
+
+/// The device with the page map its flash size and its layout-selecting option bits give
+/// (F42x DB1M, G4 DBANK). Option bits are read only where reads are allowed.
+fn layout_for(
+    session: &mut Session,
+    device: &Device,
+    size: u32,
+    progress: &mut dyn Progress,
+) -> Result<Device> {
+    let mut option_bytes = Vec::new();
+    for addr in device.layout_option_addresses(size) {
+        let mut b = [0u8; 1];
+        match session.read_memory(addr, &mut b) {
+            Ok(()) => option_bytes.push((addr, b[0])),
+            Err(Error::Nack {
+                phase: crate::error::Phase::Command,
+                ..
+            }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if size == device.flash_size() && option_bytes.is_empty() {
+        return Ok(device.clone());
+    }
+    let reader = |a: u32| option_bytes.iter().find(|(x, _)| *x == a).map(|(_, b)| *b);
+    match device.with_layout(size, &reader) {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            progress.note(Note::Warning(format!(
+                "the chip reports {} KiB of flash, which does not fit the table's layout ({e}); \
+                 using the table's {} KiB (override with --flash-size)",
+                size / 1024,
+                device.flash_size() / 1024
+            )));
+            Ok(device.clone())
+        }
+    }
 }
 
 /// A profile for a PID the table does not know: flash at 0x08000000 with its size found by

@@ -4,10 +4,15 @@
 //! and the blocks to write, and is tested without a chip. Execution reports progress through
 //! [`Progress`] and never prints.
 
+pub mod bank;
 pub mod coeffs;
 pub mod connect;
+pub mod diagnose;
+pub mod doctor;
 pub mod flash;
 pub mod journal;
+pub mod option_bytes;
+pub mod otp;
 pub mod plan;
 pub mod progress;
 

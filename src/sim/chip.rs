@@ -2,9 +2,11 @@
 //!
 //! Failures are silent as on real silicon: a program operation the flash controller would reject
 //! leaves memory unchanged (or ANDed, on F2/F4/F7) and the ROM still ACKs. Counters record what
-//! happened so tests can check what a client really did.
+//! happened so tests can check what a client really did. Option bytes, protection and the boot
+//! decision are in [`super::options`].
 
-use crate::device::{AddrRange, Device, Reprogram, WrpScheme};
+use crate::device::options::ObImage;
+use crate::device::{AddrRange, Device, Reprogram};
 
 /// Where an address lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +35,7 @@ pub const VOLTAGE_RANGE_REGISTER: u32 = 0xFFFF_0000;
 /// Memory and flash-controller state of one simulated chip.
 #[derive(Debug, Clone)]
 pub struct Chip {
-    device: Device,
+    pub(super) device: Device,
     pub(crate) flash: Vec<u8>,
     pub(crate) ram: Vec<u8>,
     pub(crate) sysmem: Vec<u8>,
@@ -47,10 +49,14 @@ pub struct Chip {
     pub(crate) erase_counts: Vec<u32>,
     pub(crate) program_ops: u64,
     pub(crate) failed_program_ops: u64,
+    /// The option values the option loader took at the last reset.
+    pub(super) loaded: ObImage,
+    /// A value/complement mismatch locked the chip (G0).
+    pub(super) options_locked: bool,
 }
 
 impl Chip {
-    /// A factory-fresh chip: erased flash and OTP, default option bytes.
+    /// A factory-fresh chip: erased flash and OTP, default option bytes, loaded.
     pub fn new(device: Device, uid: [u8; 12]) -> Chip {
         let erased = device.rules.erased;
         let flash = vec![erased; device.flash.len() as usize];
@@ -103,7 +109,7 @@ impl Chip {
             info[off..off + b.len()].copy_from_slice(&b);
         }
         let erase_counts = vec![0; device.pages.len()];
-        Chip {
+        let mut chip = Chip {
             device,
             flash,
             ram,
@@ -117,7 +123,11 @@ impl Chip {
             erase_counts,
             program_ops: 0,
             failed_program_ops: 0,
-        }
+            loaded: ObImage::new(Vec::new()),
+            options_locked: false,
+        };
+        chip.load_options();
+        chip
     }
 
     /// The part this chip is.
@@ -246,7 +256,7 @@ impl Chip {
             }
             Area::OptionBytes(i) => {
                 let off = (addr - self.device.option_bytes[i].start) as usize;
-                self.option_bytes[i][off..off + data.len()].copy_from_slice(data);
+                self.write_option_bytes(i, off, data);
                 true
             }
             Area::Otp => {
@@ -290,13 +300,24 @@ impl Chip {
             buf.push(rules.erased);
         }
         let mut failed = false;
+        // Protection is per page: look it up once per page, not per programming unit.
+        let mut page_protection: Option<(u32, bool)> = None;
         for (k, chunk) in buf.chunks(unit).enumerate() {
             let off = aligned_start + k * unit;
             if off + unit > self.flash.len() {
                 failed = true;
                 break;
             }
-            let page_protected = self.is_write_protected(base + off as u32);
+            let addr = base + off as u32;
+            let page = self.device.page_at(addr).map_or(addr, |p| p.address);
+            let page_protected = match page_protection {
+                Some((p, protected)) if p == page => protected,
+                _ => {
+                    let protected = self.is_write_protected(addr);
+                    page_protection = Some((page, protected));
+                    protected
+                }
+            };
             if page_protected {
                 failed = true;
                 continue;
@@ -446,38 +467,32 @@ impl Chip {
         true
     }
 
-    /// Whether the chip boots its ROM bootloader rather than the flash: the BOOT0 pin, unless
-    /// the family's option bits take over (G0 nBOOT_SEL, G4/L4+ nSWBOOT0), and the empty check
-    /// of families that boot the ROM when the flash is blank.
-    pub fn boots_system_memory(&self, boot0_pin: bool) -> bool {
-        let bit = |b: crate::device::OptionBit| self.ob_byte(b.address).map(|v| v & b.mask != 0);
-        let boot0 = match self.device.rules.boot_select {
-            Some(sel) if bit(sel.select) == Some(sel.select.set) => {
-                bit(sel.nboot0).map(|n| !n).unwrap_or(boot0_pin)
-            }
-            _ => boot0_pin,
-        };
-        boot0 || (self.device.rules.empty_check && self.flash_is_empty())
-    }
-
-    /// Whether the first word of flash is erased (what the empty check looks at).
+    /// Whether the first word of flash (bank 1) is erased.
     pub fn flash_is_empty(&self) -> bool {
         let e = self.device.rules.erased;
         self.flash.iter().take(4).all(|&b| b == e)
     }
 
-    /// The application's initial stack pointer and reset vector, if the first two words of
-    /// flash look like a vector table (stack pointer inside RAM, Thumb reset vector in flash).
+    /// The application's initial stack pointer and reset vector (Thumb bit cleared), if the
+    /// first two words of flash look like a vector table (stack pointer inside RAM, Thumb reset
+    /// vector in flash).
     pub fn app_vectors(&self) -> Option<(u32, u32)> {
-        let w = |i: usize| -> Option<u32> {
-            let b = self.flash.get(i * 4..i * 4 + 4)?;
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        let (sp, pc) = (w(0)?, w(1)?);
-        let ram = &self.device.ram;
-        let sp_ok = sp > ram.start && sp <= ram.end.saturating_add(1);
+        let (sp, pc) = self.vectors_at(self.device.flash.start)?;
         let pc_ok = pc & 1 == 1 && self.device.flash.contains(pc & !1);
-        (sp_ok && pc_ok).then_some((sp, pc & !1))
+        (self.stack_in_ram(sp) && pc_ok).then_some((sp, pc & !1))
+    }
+
+    /// The first two words of flash at `addr`: initial stack pointer and reset vector.
+    pub(super) fn vectors_at(&self, addr: u32) -> Option<(u32, u32)> {
+        let b = self.peek(addr, 8)?;
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Some((word(0), word(4)))
+    }
+
+    /// Whether an initial stack pointer lies in RAM (it may point one past its end).
+    pub(super) fn stack_in_ram(&self, sp: u32) -> bool {
+        let ram = &self.device.ram;
+        sp > ram.start && sp <= ram.end.saturating_add(1)
     }
 
     /// Power lost and restored: RAM content is gone, and the flash controller is reset.
@@ -496,161 +511,11 @@ impl Chip {
         (self.program_ops, self.failed_program_ops)
     }
 
-    /// Clear the flash controller's sticky error (a reset).
+    /// A reset: the flash controller's sticky error clears and the option loader runs.
     pub fn reset(&mut self) {
         self.program_locked = false;
         self.voltage_range = 0;
-    }
-
-    fn ob_byte(&self, addr: u32) -> Option<u8> {
-        self.device
-            .option_bytes
-            .iter()
-            .position(|w| w.contains(addr))
-            .map(|i| self.option_bytes[i][(addr - self.device.option_bytes[i].start) as usize])
-    }
-
-    fn set_ob_byte(&mut self, addr: u32, value: u8) {
-        if let Some(i) = self
-            .device
-            .option_bytes
-            .iter()
-            .position(|w| w.contains(addr))
-        {
-            let off = (addr - self.device.option_bytes[i].start) as usize;
-            self.option_bytes[i][off] = value;
-        }
-    }
-
-    /// Set an option value and its complement.
-    fn set_ob_pair(&mut self, addr: u32, value: u8) {
-        self.set_ob_byte(addr, value);
-        if let Some(c) = self.device.rules.ob_complement_offset {
-            self.set_ob_byte(addr + c, !value);
-        }
-    }
-
-    /// Readout protection level: 0, 1 or 2.
-    pub fn rdp_level(&self) -> u8 {
-        let Some(addr) = self.device.rules.rdp_address else {
-            return 0;
-        };
-        match self.ob_byte(addr) {
-            Some(v) if v == self.device.rules.rdp_unprotected => 0,
-            Some(0xCC) if self.device.rules.rdp_unprotected == 0xAA => 2,
-            Some(_) => 1,
-            None => 0,
-        }
-    }
-
-    /// Set RDP level 1 (Readout Protect).
-    pub fn set_rdp_level1(&mut self) {
-        if let Some(addr) = self.device.rules.rdp_address {
-            self.set_ob_pair(addr, 0xBB);
-        }
-    }
-
-    /// Readout Unprotect: erase all flash, back to level 0.
-    pub fn readout_unprotect(&mut self) {
-        self.erase_all_unconditionally();
-        if let Some(addr) = self.device.rules.rdp_address {
-            let v = self.device.rules.rdp_unprotected;
-            self.set_ob_pair(addr, v);
-        }
-    }
-
-    /// Whether the page holding `addr` is write-protected by the option bytes.
-    pub fn is_write_protected(&self, addr: u32) -> bool {
-        let Some(page) = self.device.page_at(addr).copied() else {
-            return false;
-        };
-        match self.device.rules.wrp {
-            WrpScheme::None => false,
-            WrpScheme::F4Nwrp => {
-                let Some(w) = self.device.option_bytes.first() else {
-                    return false;
-                };
-                let (lo, hi) = (self.ob_byte(w.start + 8), self.ob_byte(w.start + 9));
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) if page.index < 12 => {
-                        let nwrp = u16::from_le_bytes([lo, hi]);
-                        nwrp & (1 << page.index) == 0
-                    }
-                    _ => false,
-                }
-            }
-            WrpScheme::Areas => {
-                let bank_window = self.device.option_bytes.get(usize::from(page.bank - 1));
-                let Some(w) = bank_window else { return false };
-                let first_in_bank = self
-                    .device
-                    .pages
-                    .iter()
-                    .find(|p| p.bank == page.bank)
-                    .map(|p| p.index)
-                    .unwrap_or(0);
-                let rel = u32::from(page.index - first_in_bank);
-                [0x18u32, 0x20].iter().any(|off| {
-                    let strt = self.ob_byte(w.start + off);
-                    let end = self.ob_byte(w.start + off + 2);
-                    matches!((strt, end), (Some(s), Some(e)) if u32::from(s) <= rel && rel <= u32::from(e))
-                })
-            }
-        }
-    }
-
-    /// Write Protect with the family's codes (replaces the previous set).
-    pub fn write_protect(&mut self, codes: &[u8]) {
-        match self.device.rules.wrp {
-            WrpScheme::None => {}
-            WrpScheme::F4Nwrp => {
-                let Some(w) = self.device.option_bytes.first().copied() else {
-                    return;
-                };
-                let mut nwrp: u16 = 0x0FFF;
-                for &c in codes {
-                    if c < 12 {
-                        nwrp &= !(1 << c);
-                    }
-                }
-                let keep_hi = self.ob_byte(w.start + 9).unwrap_or(0x0F) & 0xF0;
-                let [lo, hi] = nwrp.to_le_bytes();
-                self.set_ob_pair(w.start + 8, lo);
-                self.set_ob_pair(w.start + 9, (hi & 0x0F) | keep_hi);
-            }
-            WrpScheme::Areas => {
-                self.clear_areas();
-                for (slot, pair) in codes.chunks(2).enumerate().take(4) {
-                    if pair.len() < 2 {
-                        break;
-                    }
-                    let (window, off) = (slot / 2, 0x18 + 8 * (slot as u32 % 2));
-                    if let Some(w) = self.device.option_bytes.get(window).copied() {
-                        self.set_ob_pair(w.start + off, pair[0]);
-                        self.set_ob_pair(w.start + off + 2, pair[1]);
-                    }
-                }
-            }
-        }
-    }
-
-    fn clear_areas(&mut self) {
-        let windows: Vec<AddrRange> = self.device.option_bytes.iter().take(2).copied().collect();
-        for w in windows {
-            for off in [0x18u32, 0x20] {
-                self.set_ob_pair(w.start + off, 0xFF);
-                self.set_ob_pair(w.start + off + 2, 0x00);
-            }
-        }
-    }
-
-    /// Write Unprotect: clear all write protection.
-    pub fn write_unprotect(&mut self) {
-        match self.device.rules.wrp {
-            WrpScheme::None => {}
-            WrpScheme::F4Nwrp => self.write_protect(&[]),
-            WrpScheme::Areas => self.clear_areas(),
-        }
+        self.load_options();
     }
 }
 
@@ -723,11 +588,14 @@ mod tests {
         let mut c = chip("stm32f411");
         c.write(Area::Flash, 0x0800_4000, &[0; 4]);
         c.write_protect(&[1]);
+        assert!(!c.is_write_protected(0x0800_4000), "loads at the reset");
+        c.reset();
         assert!(c.is_write_protected(0x0800_4000));
         assert!(!c.is_write_protected(0x0800_0000));
         c.erase_pages(&[1]);
         assert_eq!(c.read(0x0800_4000, 4).expect("test setup"), vec![0; 4]);
         c.write_unprotect();
+        c.reset();
         c.erase_pages(&[1]);
         assert_eq!(c.read(0x0800_4000, 4).expect("test setup"), vec![0xFF; 4]);
         assert_eq!(
@@ -740,6 +608,7 @@ mod tests {
     fn l4_areas_protect_pages_per_bank() {
         let mut c = chip("stm32l476");
         c.write_protect(&[2, 3, 0xFF, 0x00, 0, 0]);
+        c.reset();
         assert!(c.is_write_protected(0x0800_1000));
         assert!(c.is_write_protected(0x0800_1800));
         assert!(!c.is_write_protected(0x0800_2000));
@@ -748,6 +617,7 @@ mod tests {
             "WRP2A covers bank 2 page 0"
         );
         c.write_unprotect();
+        c.reset();
         assert!(!c.is_write_protected(0x0800_1000));
     }
 
@@ -757,12 +627,14 @@ mod tests {
         assert_eq!(c.rdp_level(), 0);
         c.write(Area::Flash, 0x0800_0000, &[0x12; 4]);
         c.set_rdp_level1();
+        c.reset();
         assert_eq!(c.rdp_level(), 1);
         assert_eq!(
             c.read(0x1FFF_C000, 4).expect("test setup"),
             vec![0xEC, 0xBB, 0x13, 0x44]
         );
         c.readout_unprotect();
+        c.reset();
         assert_eq!(c.rdp_level(), 0);
         assert_eq!(c.read(0x0800_0000, 4).expect("test setup"), vec![0xFF; 4]);
     }
@@ -875,5 +747,50 @@ mod tests {
             u16::from_le_bytes([size[0], size[1]]) as u64 * 1024,
             d.flash.len()
         );
+    }
+
+    #[test]
+    fn f4_otp_blocks_and_until_their_lock_byte_is_zero() {
+        let mut c = chip("stm32f411");
+        let (otp, locks) = (0x1FFF_7800, 0x1FFF_7A00);
+        c.write(Area::Otp, otp, &[0xF0, 0x0F, 0xFF, 0xFF]);
+        c.write(Area::Otp, otp, &[0x3C, 0xFF, 0x00, 0xFF]);
+        assert_eq!(
+            c.peek(otp, 4).expect("test setup"),
+            vec![0x30, 0x0F, 0x00, 0xFF]
+        );
+        // Lock block 1 (its lock byte to 00): writes there change nothing, block 2 still ANDs.
+        c.write(Area::Otp, locks, &[0xFF, 0x00, 0xFF, 0xFF]);
+        c.write(Area::Otp, otp + 32, &[0x00; 4]);
+        assert_eq!(c.peek(otp + 32, 4).expect("test setup"), vec![0xFF; 4]);
+        c.write(Area::Otp, otp + 64, &[0x12; 4]);
+        assert_eq!(c.peek(otp + 64, 4).expect("test setup"), vec![0x12; 4]);
+        // Mass erase and readout unprotect leave OTP alone.
+        c.erase_bank(None);
+        c.readout_unprotect();
+        assert_eq!(c.peek(otp + 64, 4).expect("test setup"), vec![0x12; 4]);
+    }
+
+    #[test]
+    fn double_word_otp_is_written_once() {
+        for part in ["stm32l476", "stm32g071", "stm32g474"] {
+            let mut c = chip(part);
+            let otp = 0x1FFF_7000;
+            c.write(Area::Otp, otp, &[1, 2, 3, 4, 5, 6, 7, 8]);
+            c.write(Area::Otp, otp, &[0; 8]);
+            assert_eq!(
+                c.peek(otp, 8).expect("test setup"),
+                vec![1, 2, 3, 4, 5, 6, 7, 8],
+                "{part}: not even zeros"
+            );
+            // Half a double word pads the rest, which can no longer be written.
+            c.write(Area::Otp, otp + 8, &[9; 4]);
+            c.write(Area::Otp, otp + 12, &[7; 4]);
+            assert_eq!(
+                c.peek(otp + 8, 8).expect("test setup"),
+                vec![9, 9, 9, 9, 0xFF, 0xFF, 0xFF, 0xFF],
+                "{part}"
+            );
+        }
     }
 }

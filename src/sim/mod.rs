@@ -4,15 +4,22 @@
 //! It shares only the frame definitions ([`crate::protocol`]) with the client. It is reachable
 //! in-process (`--port sim:PART`, see [`crate::transport::sim`]) and over a pseudo-terminal
 //! (`stm32boot sim PART --pty`, see [`pty`]).
+//!
+//! The chip keeps its option bytes as stored and as loaded at the last reset ([`options`]): read
+//! and write protection, the boot source and dual-bank boot follow the loaded values. Its wire
+//! ([`wire`]) can echo like a one-wire adapter (`echo=1`) and, in-process, where the host's
+//! baud rate and parity are known, loses what the ROM's auto-baud and 8E1 framing would.
 
 pub mod chip;
 pub mod endpoint;
+pub mod options;
 pub mod pty;
 pub mod state;
 pub mod target;
 pub mod wire;
 
 pub use chip::Chip;
+pub use options::FlashBoot;
 pub use target::{FaultKind, FaultOp, Mode, OpFault, Target};
 pub use wire::{ControlLine, LinkFaults, PinDrive, Timing, Wire, WireConfig, Wiring};
 
@@ -38,7 +45,7 @@ pub struct SimSpec {
     pub uid_seed: Option<String>,
     /// Report this PID instead of the part's (`pid=0x4FF`), to rehearse unknown parts.
     pub pid: Option<u16>,
-    /// Timing, latency, wiring and link faults.
+    /// Timing, latency, wiring, link faults and a half-duplex adapter's echo (`echo=1`).
     pub wire: WireConfig,
     /// A reset or power loss at a chosen operation (`reset_at=write:3`, `power_loss_at=erase:1@0.5`).
     pub op_fault: Option<OpFault>,
@@ -54,7 +61,7 @@ pub struct SimSpec {
 /// Options `sim:` accepts, for error messages.
 const OPTIONS: &str = "state, version, flash, uid, pid, timing, latency, send_timer, seed, drop, \
 corrupt, cut_after, nack_at, reset_at, power_loss_at, power_off, nrst, boot0, nrst_inverted, \
-boot0_inverted, enter, clock";
+boot0_inverted, enter, clock, echo";
 
 impl SimSpec {
     /// Parse `PART[?key=value&...]` (what follows `sim:` in a port).
@@ -162,6 +169,7 @@ impl SimSpec {
                 "nrst_inverted" => nrst_inv = parse_bool(v).map_err(|e| bad(k, v, e))?,
                 "boot0_inverted" => boot0_inv = parse_bool(v).map_err(|e| bad(k, v, e))?,
                 "enter" => out.app_magic = Some(v.to_string()),
+                "echo" => out.wire.echo = parse_bool(v).map_err(|e| bad(k, v, e))?,
                 "clock" => {
                     out.realtime = Some(match v {
                         "real" => true,
@@ -250,8 +258,8 @@ impl SimSpec {
             }
         }
         let mut target = Target::new(chip);
-        if let Some(mode) = running {
-            target.resume(mode);
+        if let Some(saved) = running {
+            target.resume(saved);
         }
         if let Some(v) = self.version {
             let mut cmds = target.chip().device().bootloader.commands.clone();

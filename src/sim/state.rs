@@ -2,8 +2,10 @@
 //! chip and tests can check what a client really wrote.
 //!
 //! Format: the line `stm32boot-sim-state 1`, one line of JSON describing the regions, then the
-//! regions' raw bytes back to back. The header also records what the chip was running, so a
-//! bootloader left synced by one command is still synced for the next, as on a powered board. Written to a temporary file and renamed into place.
+//! regions' raw bytes back to back. The header also records what the chip was running (and the
+//! bank it booted, and the baud rate a synced bootloader locked onto), so a bootloader left synced
+//! by one command is still synced for the next, as on a powered board. Written to a temporary
+//! file and renamed into place. Loading runs the option loader, as powering the chip would.
 
 use super::chip::Chip;
 use super::target::{Mode, Target};
@@ -25,6 +27,9 @@ struct Header {
     /// What the chip was running when saved; absent means it starts from a reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     running: Option<Running>,
+    /// The baud rate a synced bootloader's auto-baud locked onto.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    autobaud: Option<u32>,
 }
 
 /// What a powered chip was running, so that the next command finds it as the last one left it
@@ -34,13 +39,29 @@ struct Header {
 enum Running {
     Bootloader,
     BootloaderSynced,
-    Application { entry: u32 },
+    Application {
+        entry: u32,
+        /// The bank a reset booted it from (absent: started by Go).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bank: Option<u8>,
+    },
     Lockup,
+}
+
+/// What a saved chip was running when its state was saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// What it was running.
+    pub mode: Mode,
+    /// The bank its application was booted from, if a reset booted it.
+    pub booted_bank: Option<u8>,
+    /// The baud rate its synced bootloader had locked onto, if known.
+    pub autobaud: Option<u32>,
 }
 
 /// Save flash, option bytes, OTP and erase counters.
 pub fn save(chip: &Chip, path: &Path) -> Result<()> {
-    save_running(chip, None, path)
+    save_running(chip, None, None, path)
 }
 
 /// Save the chip and what it is running (a chip without power is saved as one that will boot).
@@ -48,14 +69,22 @@ pub fn save_target(target: &Target, path: &Path) -> Result<()> {
     let running = match target.mode() {
         Mode::BootloaderUnsynced => Some(Running::Bootloader),
         Mode::Bootloader => Some(Running::BootloaderSynced),
-        Mode::Application { entry } => Some(Running::Application { entry }),
+        Mode::Application { entry } => Some(Running::Application {
+            entry,
+            bank: target.booted_bank(),
+        }),
         Mode::Lockup => Some(Running::Lockup),
         Mode::Off => None,
     };
-    save_running(target.chip(), running, path)
+    save_running(target.chip(), running, target.autobaud(), path)
 }
 
-fn save_running(chip: &Chip, running: Option<Running>, path: &Path) -> Result<()> {
+fn save_running(
+    chip: &Chip,
+    running: Option<Running>,
+    autobaud: Option<u32>,
+    path: &Path,
+) -> Result<()> {
     let header = Header {
         pid: chip.device().pid,
         part: chip.device().name.clone(),
@@ -64,6 +93,7 @@ fn save_running(chip: &Chip, running: Option<Running>, path: &Path) -> Result<()
         otp: chip.otp.len(),
         erase_counts: chip.erase_counts.clone(),
         running,
+        autobaud,
     };
     let json = serde_json::to_string(&header)
         .map_err(|e| Error::Device(format!("encoding sim state: {e}")))?;
@@ -85,9 +115,9 @@ fn save_running(chip: &Chip, running: Option<Running>, path: &Path) -> Result<()
     std::fs::rename(&tmp, path).map_err(|e| Error::io(ctx("replacing"), e))
 }
 
-/// Load what [`save`] wrote into a chip of the same part; returns what the chip was running,
-/// if that was saved.
-pub fn load(chip: &mut Chip, path: &Path) -> Result<Option<Mode>> {
+/// Load what [`save`] wrote into a chip of the same part and run its option loader; returns what
+/// the chip was running, if that was saved.
+pub fn load(chip: &mut Chip, path: &Path) -> Result<Option<Resumed>> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading sim state {}", path.display()), e))?;
     let bad = |why: &str| {
@@ -132,15 +162,25 @@ pub fn load(chip: &mut Chip, path: &Path) -> Result<Option<Mode>> {
         rest = b;
     }
     chip.otp.copy_from_slice(rest);
+    chip.load_options();
     if header.erase_counts.len() == chip.erase_counts.len() {
         chip.erase_counts = header.erase_counts;
     }
+    let autobaud = header.autobaud;
     Ok(header.running.map(|r| match r {
-        Running::Bootloader => Mode::BootloaderUnsynced,
-        Running::BootloaderSynced => Mode::Bootloader,
-        Running::Application { entry } => Mode::Application { entry },
-        Running::Lockup => Mode::Lockup,
+        Running::Bootloader => resumed(Mode::BootloaderUnsynced, None, None),
+        Running::BootloaderSynced => resumed(Mode::Bootloader, None, autobaud),
+        Running::Application { entry, bank } => resumed(Mode::Application { entry }, bank, None),
+        Running::Lockup => resumed(Mode::Lockup, None, None),
     }))
+}
+
+fn resumed(mode: Mode, booted_bank: Option<u8>, autobaud: Option<u32>) -> Resumed {
+    Resumed {
+        mode,
+        booted_bank,
+        autobaud,
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +208,50 @@ mod tests {
         let mut l4 = Chip::new(t.by_part("stm32l476").expect("test setup").clone(), [0; 12]);
         let e = load(&mut l4, &path).unwrap_err().to_string();
         assert!(e.contains("not this"), "{e}");
+    }
+
+    #[test]
+    fn running_bank_and_baud_survive_and_options_load() {
+        let t = DeviceTable::builtin().expect("test setup");
+        let dir = tempfile::tempdir().expect("test setup");
+        let path = dir.path().join("chip.sim");
+        let device = t.by_part("stm32l476").expect("test setup").clone();
+        let mut target = Target::new(Chip::new(device.clone(), [0; 12]));
+        let mut vectors = 0x2000_4000u32.to_le_bytes().to_vec();
+        vectors.extend_from_slice(&0x0800_0101u32.to_le_bytes());
+        let chip = target.chip_mut();
+        chip.write(Area::Flash, 0x0808_0000, &vectors);
+        let mut ob = chip.peek(0x1FFF_7800, 40).expect("test setup");
+        ob[2] |= 0x10; // BFB2
+        ob[6] &= !0x10;
+        // RDP BB without its complement: OPTR loads as all ones (level 1, BFB2 = 1).
+        ob[0] = 0xBB;
+        chip.write(Area::OptionBytes(0), 0x1FFF_7800, &ob);
+        target.set_boot0_pin(false);
+        target.reset();
+        assert_eq!(target.booted_bank(), Some(2));
+        save_target(&target, &path).expect("test setup");
+        let mut chip = Chip::new(device.clone(), [0; 12]);
+        let saved = load(&mut chip, &path).expect("test setup");
+        assert_eq!(chip.rdp_level(), 1, "the option loader ran at load");
+        assert_eq!(
+            saved,
+            Some(Resumed {
+                mode: Mode::Application { entry: 0x0800_0100 },
+                booted_bank: Some(2),
+                autobaud: None,
+            })
+        );
+        // A synced bootloader keeps the rate its auto-baud measured.
+        let mut target = Target::new(Chip::new(device.clone(), [0; 12]));
+        target.lock_autobaud(57_600);
+        target.feed(0x7F, &mut Vec::new());
+        save_target(&target, &path).expect("test setup");
+        let mut chip = Chip::new(device, [0; 12]);
+        let saved = load(&mut chip, &path).expect("test setup");
+        assert_eq!(
+            saved.map(|s| (s.mode, s.autobaud)),
+            Some((Mode::Bootloader, Some(57_600)))
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! starts a new command.
 
 use super::chip::{Area, Chip};
+use super::options::FlashBoot;
+use super::state::Resumed;
 use crate::device::Quirk;
 use crate::protocol::{checksum, crc::stm32_crc_with, Command, ACK, NACK, SYNC};
 use std::time::Duration;
@@ -151,6 +153,8 @@ pub struct Target {
     erases_seen: u64,
     nack_at: Option<u64>,
     resumed: bool,
+    booted_bank: Option<u8>,
+    autobaud: Option<u32>,
 }
 
 impl Target {
@@ -180,13 +184,42 @@ impl Target {
             erases_seen: 0,
             nack_at: None,
             resumed: false,
+            booted_bank: None,
+            autobaud: None,
         }
     }
 
-    /// Continue in `mode`, as a chip that stayed powered since the state was saved.
-    pub fn resume(&mut self, mode: Mode) {
-        self.mode = mode;
+    /// Continue as saved, as a chip that stayed powered since the state was saved: what it was
+    /// running, the bank it booted and the baud rate its bootloader had locked onto.
+    pub fn resume(&mut self, saved: Resumed) {
+        self.mode = saved.mode;
+        self.booted_bank = match saved.mode {
+            Mode::Application { .. } => saved.booted_bank,
+            _ => None,
+        };
+        self.autobaud = match saved.mode {
+            Mode::Bootloader => saved.autobaud,
+            _ => None,
+        };
         self.resumed = true;
+    }
+
+    /// The bank the running application was booted from by the last reset (1 or 2); `None`
+    /// when the chip runs its bootloader or an application that Go started.
+    pub fn booted_bank(&self) -> Option<u8> {
+        self.booted_bank
+    }
+
+    /// The baud rate the bootloader's auto-baud measured on the first 0x7F since it started, if
+    /// the wire knows the host's rate.
+    pub fn autobaud(&self) -> Option<u32> {
+        self.autobaud
+    }
+
+    /// Record the rate the auto-baud measured (the wire calls this when 0x7F reaches an unsynced
+    /// bootloader).
+    pub fn lock_autobaud(&mut self, baud: u32) {
+        self.autobaud = Some(baud);
     }
 
     /// Whether the chip continues a saved run rather than starting from power-on.
@@ -272,12 +305,14 @@ impl Target {
         self.app_seen.clear();
         self.boot_output.clear();
         self.effects.restarted = true;
+        self.booted_bank = None;
+        self.autobaud = None;
         if self.chip.boots_system_memory(self.boot0_pin) {
             self.mode = Mode::BootloaderUnsynced;
             return;
         }
-        match self.chip.app_vectors() {
-            Some((_, entry)) => self.start_app(entry),
+        match self.chip.flash_boot() {
+            Some(boot) => self.boot_app(boot),
             None => self.mode = Mode::Lockup,
         }
     }
@@ -288,6 +323,8 @@ impl Target {
         self.rx = Rx::Command;
         self.buf.clear();
         self.boot_output.clear();
+        self.booted_bank = None;
+        self.autobaud = None;
     }
 
     /// Power restored: RAM is lost, then the chip boots as after a reset.
@@ -305,6 +342,22 @@ impl Target {
         .into_bytes();
     }
 
+    /// The application a reset booted from flash; the banner names bank 2 when it ran from
+    /// there.
+    fn boot_app(&mut self, boot: FlashBoot) {
+        self.start_app(boot.entry);
+        self.booted_bank = Some(boot.bank);
+        if boot.bank == 2 {
+            self.boot_output = format!(
+                "{} application running from bank 2 (0x{:08X}), entry 0x{:08X}\r\n",
+                self.chip.device().name,
+                boot.base,
+                boot.entry
+            )
+            .into_bytes();
+        }
+    }
+
     fn app_byte(&mut self, byte: u8) {
         let Some(magic) = &self.app_magic else {
             return;
@@ -315,8 +368,11 @@ impl Target {
             self.app_seen.drain(..cut);
         }
         if self.app_seen == *magic {
-            // The firmware jumps to the ROM, which starts unsynced.
+            // The firmware jumps to the ROM, which starts unsynced (and, at level 2, answers
+            // only Get, Get Version and Get ID).
             self.app_seen.clear();
+            self.booted_bank = None;
+            self.autobaud = None;
             self.mode = Mode::BootloaderUnsynced;
             self.rx = Rx::Command;
             self.effects.restarted = true;
@@ -418,22 +474,30 @@ impl Target {
         self.rx = Rx::Field { step, need };
     }
 
+    /// Whether read protection refuses `cmd`: level 1 leaves Get, Get Version, Get ID and
+    /// Readout Unprotect; level 2 only the first three.
+    fn refused_by_rdp(&self, cmd: u8) -> bool {
+        let command = Command::from_code(cmd);
+        match self.chip.rdp_level() {
+            0 => false,
+            1 => !command.is_some_and(Command::allowed_under_rdp),
+            _ => !matches!(
+                command,
+                Some(Command::Get | Command::GetVersion | Command::GetId)
+            ),
+        }
+    }
+
     fn start_command(&mut self, cmd: u8, out: &mut Vec<u8>) {
         if !self.has(cmd) {
             out.push(NACK);
             return;
         }
-        let under_rdp = self.chip.rdp_level() >= 1;
-        let allowed_under_rdp = Command::from_code(cmd).is_some_and(Command::allowed_under_rdp);
-        if under_rdp && !allowed_under_rdp {
+        if self.refused_by_rdp(cmd) {
             out.push(NACK);
             if self.quirk(Quirk::DoubleNack) {
                 out.push(NACK);
             }
-            return;
-        }
-        if self.chip.rdp_level() == 2 && cmd == 0x92 {
-            out.push(NACK);
             return;
         }
         if std::mem::take(&mut self.extra_ack_pending) {
@@ -1520,5 +1584,117 @@ mod tests {
                 (&[0x00, 0x02, 0x22, 0x33, 0x13], &[0x79, 0x00, 0x00, 0x79]),
             ],
         );
+    }
+
+    /// A Write Memory data phase: N - 1, the data, the checksum.
+    fn data_frame(data: &[u8]) -> Vec<u8> {
+        let mut f = vec![(data.len() - 1) as u8];
+        f.extend_from_slice(data);
+        f.push(checksum(&f));
+        f
+    }
+
+    /// Write the option-byte window at `base` through the bootloader; the chip resets.
+    fn write_options(t: &mut Target, base: u32, bytes: &[u8]) {
+        let addr = crate::protocol::u32_field(base);
+        talk(
+            t,
+            &[
+                (&[0x31, 0xCE], &[0x79]),
+                (&addr, &[0x79]),
+                (&data_frame(bytes), &[0x79]),
+            ],
+        );
+    }
+
+    /// A vector table: stack at 0x20004000, reset handler `entry` (Thumb).
+    fn vectors(entry: u32) -> Vec<u8> {
+        let mut v = 0x2000_4000u32.to_le_bytes().to_vec();
+        v.extend_from_slice(&(entry | 1).to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn level_2_boots_flash_and_the_rom_answers_only_get_version_and_id() {
+        let mut t = synced("stm32l476");
+        let mut ob = t.chip().peek(0x1FFF_7800, 40).expect("test setup");
+        ob[0] = 0xCC;
+        ob[4] = 0x33;
+        write_options(&mut t, 0x1FFF_7800, &ob);
+        // BOOT0 is high, yet level 2 boots the (blank) flash: the core locks up.
+        assert_eq!(t.mode(), Mode::Lockup);
+        assert_eq!(t.chip().rdp_level(), 2);
+        talk(&mut t, &[(&[0x7F], &[])]);
+        // Firmware that jumps to the ROM on a magic string.
+        t.chip_mut()
+            .write(Area::Flash, 0x0800_0000, &vectors(0x0800_0100));
+        t.set_app_magic(Some(b"BOOT".to_vec()));
+        t.reset();
+        assert_eq!(t.mode(), Mode::Application { entry: 0x0800_0100 });
+        talk(&mut t, &[(b"BOOT", &[]), (&[0x7F], &[0x79])]);
+        talk(
+            &mut t,
+            &[
+                (&[0x01, 0xFE], &[0x79, 0x31, 0x00, 0x00, 0x79]),
+                (&[0x02, 0xFD], &[0x79, 0x01, 0x04, 0x15, 0x79]),
+            ],
+        );
+        for cmd in [0x11u8, 0x21, 0x31, 0x44, 0x63, 0x73, 0x82, 0x92] {
+            talk(&mut t, &[(&[cmd, !cmd], &[0x1F])]);
+        }
+        assert_eq!(t.mode(), Mode::Bootloader);
+    }
+
+    #[test]
+    fn level_1_still_takes_readout_unprotect() {
+        let mut t = synced("stm32f103xb");
+        // RDP A5 with a broken complement loads as FF: level 1.
+        let mut ob = t.chip().peek(0x1FFF_F800, 16).expect("test setup");
+        ob[1] = 0x00;
+        write_options(&mut t, 0x1FFF_F800, &ob);
+        assert_eq!(t.chip().rdp_level(), 1);
+        talk(
+            &mut t,
+            &[
+                (&[0x7F], &[0x79]),
+                (&[0x11, 0xEE], &[0x1F]),
+                (&[0x92, 0x6D], &[0x79, 0x79]),
+            ],
+        );
+        assert_eq!(t.chip().rdp_level(), 0);
+    }
+
+    #[test]
+    fn bank_2_boot_is_announced_and_recorded() {
+        let mut t = synced("stm32l072");
+        // An image linked for the flash base in bank 2 (0x08018000), bank 1 blank.
+        t.chip_mut()
+            .write(Area::Flash, 0x0801_8000, &vectors(0x0800_0200));
+        let mut ob = t.chip().peek(0x1FF8_0000, 32).expect("test setup");
+        ob[4] |= 0x80; // BFB2
+        ob[6] &= !0x80;
+        write_options(&mut t, 0x1FF8_0000, &ob);
+        assert_eq!(t.mode(), Mode::BootloaderUnsynced, "BOOT0 is high");
+        t.set_boot0_pin(false);
+        t.reset();
+        assert_eq!(t.mode(), Mode::Application { entry: 0x0800_0200 });
+        assert_eq!(t.booted_bank(), Some(2));
+        let banner = String::from_utf8(t.take_boot_output()).expect("test setup");
+        assert_eq!(
+            banner,
+            "STM32L07x/L08x application running from bank 2 (0x08018000), entry 0x08000200\r\n"
+        );
+        // Go starts an application without a boot.
+        t.set_boot0_pin(true);
+        t.reset();
+        talk(
+            &mut t,
+            &[
+                (&[0x7F], &[0x79]),
+                (&[0x21, 0xDE], &[0x79]),
+                (&[0x08, 0x01, 0x80, 0x00, 0x89], &[0x79]),
+            ],
+        );
+        assert_eq!(t.booted_bank(), None);
     }
 }

@@ -10,13 +10,22 @@
 //! them; and faults (dropped or corrupted bytes, a cut link, power loss) happen on demand, drawn
 //! from a seeded generator so that a run can be replayed.
 //!
+//! Line faults a `doctor` has to tell apart: a half-duplex (one-wire) adapter echoes every byte
+//! the host sends (`echo`); and where the host's line settings are known (the in-process link),
+//! the ROM's own framing is modelled: its auto-baud locks onto the host's rate at the first 0x7F
+//! after it starts, and bytes at another rate are lost both ways; it runs 8E1, so a host at 8N1
+//! has the bytes with an even number of one bits dropped (its stop bit is read as a wrong
+//! parity bit) and loses the replies whose parity bit is 0 (read as a broken stop bit), and a
+//! host at odd parity gets every byte wrong both ways.
+//!
 //! The wire has no clock of its own: callers pass the time in nanoseconds since the wire was
 //! made. The in-process link passes a virtual clock (tests never depend on timing); the
 //! pseudo-terminal, TCP and RFC 2217 endpoints pass the wall clock. The same bytes at the same
 //! times with the same seed give the same replies at the same times.
 
 use super::target::{Effects, FaultKind, Mode, Target, Work};
-use crate::link::LineSettings;
+use crate::link::{LineSettings, Parity};
+use crate::protocol::SYNC;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
@@ -142,6 +151,8 @@ pub struct WireConfig {
     pub faults: LinkFaults,
     /// How long power stays off after an injected power loss.
     pub power_off: Duration,
+    /// A half-duplex (one-wire) adapter: every byte the host sends comes back to it.
+    pub echo: bool,
 }
 
 impl Default for WireConfig {
@@ -153,6 +164,7 @@ impl Default for WireConfig {
             wiring: Wiring::default(),
             faults: LinkFaults::default(),
             power_off: Duration::from_secs(1),
+            echo: false,
         }
     }
 }
@@ -172,6 +184,31 @@ pub struct WireStats {
     pub corrupted: u64,
     /// Time the chip spent programming and erasing (and writing option bytes).
     pub flash_time: Duration,
+    /// Bytes a half-duplex adapter echoed to the host.
+    pub echoed: u64,
+    /// Bytes lost to a baud-rate mismatch (framing errors), or read as a broken stop bit by a
+    /// host without parity.
+    pub framing_errors: u64,
+    /// Bytes lost to a parity mismatch.
+    pub parity_errors: u64,
+}
+
+/// Who sends bytes to the host: the ROM (8E1, at its auto-baud rate) or anything else (the
+/// application's banner, whose UART settings are not modelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    Rom { baud: Option<u32> },
+    Other,
+}
+
+/// Whether two baud rates are close enough for a UART (AN3155 allows the host 2.5 %).
+fn same_rate(a: u32, b: u32) -> bool {
+    u64::from(a.abs_diff(b)) * 40 <= u64::from(a.max(b))
+}
+
+/// The even-parity bit the ROM sends and expects for `byte`.
+fn even_parity_bit(byte: u8) -> bool {
+    byte.count_ones() % 2 == 1
 }
 
 /// The host, the wire and the chip, advanced by the caller's clock (nanoseconds).
@@ -181,8 +218,11 @@ pub struct Wire {
     line: LineSettings,
     rng: ChaCha8Rng,
     now: u64,
-    /// Host → chip: (time the character's stop bit reaches the chip, byte).
-    inbound: VecDeque<(u64, u8)>,
+    /// Host → chip: (time the character's stop bit reaches the chip, byte, the host's line
+    /// settings when it sent it).
+    inbound: VecDeque<(u64, u8, LineSettings)>,
+    /// Whether `line` is what the host really uses (then baud and parity mismatches count).
+    host_line_known: bool,
     host_line_free: u64,
     held: Option<u8>,
     busy_until: u64,
@@ -225,6 +265,7 @@ impl Wire {
             line,
             now: 0,
             inbound: VecDeque::new(),
+            host_line_known: false,
             host_line_free: 0,
             held: None,
             busy_until: 0,
@@ -286,6 +327,14 @@ impl Wire {
     /// Whether NRST is held low.
     pub fn in_reset(&self) -> bool {
         self.in_reset
+    }
+
+    /// Declare that the line settings given to [`Wire::new`] and [`Wire::set_line`] are the
+    /// host's real ones, so that the ROM's auto-baud and 8E1 framing apply: bytes at another
+    /// rate or parity are lost. Only a link that knows them says so (the in-process one); a
+    /// pseudo-terminal carries no parity and a network hop may not carry the rate.
+    pub fn set_host_line_known(&mut self, known: bool) {
+        self.host_line_known = known;
     }
 
     fn char_ns(&self) -> u64 {
@@ -353,7 +402,7 @@ impl Wire {
             let arrival = start + c;
             self.host_line_free = arrival;
             if let Some(b) = self.through_link(b) {
-                self.inbound.push_back((arrival, b));
+                self.inbound.push_back((arrival, b, self.line));
             }
         }
     }
@@ -473,8 +522,8 @@ impl Wire {
                 }
                 2 => self.flush_modem(),
                 _ => {
-                    if let Some((at, b)) = self.inbound.pop_front() {
-                        self.arrives(at, b);
+                    if let Some((at, b, line)) = self.inbound.pop_front() {
+                        self.arrives(at, b, line);
                     }
                 }
             }
@@ -493,9 +542,16 @@ impl Wire {
         self.after_effects(at, fx);
     }
 
-    /// A character's stop bit reached the chip at `at`.
-    fn arrives(&mut self, at: u64, b: u8) {
+    /// A character's stop bit reached the chip at `at`; the host sent it with `line`.
+    fn arrives(&mut self, at: u64, b: u8, line: LineSettings) {
+        if self.cfg.echo {
+            self.stats.echoed += 1;
+            self.emit(at, b);
+        }
         if self.in_reset || self.target.mode() == Mode::Off || at < self.ready_at {
+            return;
+        }
+        if !self.rom_receives(b, line) {
             return;
         }
         if at < self.busy_until {
@@ -510,19 +566,84 @@ impl Wire {
         self.chip_reads(at, b);
     }
 
+    /// Whether the ROM takes a byte the host sent with `line`: at its auto-baud rate and with
+    /// the right parity bit. An unsynced ROM locks its rate onto the first 0x7F. Only where the
+    /// host's settings are known and the ROM is listening.
+    fn rom_receives(&mut self, b: u8, line: LineSettings) -> bool {
+        let mode = self.target.mode();
+        if !self.host_line_known || !matches!(mode, Mode::Bootloader | Mode::BootloaderUnsynced) {
+            return true;
+        }
+        if let Some(rate) = self.target.autobaud() {
+            if !same_rate(rate, line.baud) {
+                self.stats.framing_errors += 1;
+                return false;
+            }
+        }
+        // The bit after the data: the host's parity bit, or its stop bit (1) at 8N1.
+        let ninth = match line.parity {
+            Parity::Even => even_parity_bit(b),
+            Parity::Odd => !even_parity_bit(b),
+            Parity::None => true,
+        };
+        if ninth != even_parity_bit(b) {
+            self.stats.parity_errors += 1;
+            return false;
+        }
+        if mode == Mode::BootloaderUnsynced && b == SYNC && self.target.autobaud().is_none() {
+            self.target.lock_autobaud(line.baud);
+        }
+        true
+    }
+
+    /// Whether the host receives a byte the ROM sent at `baud` (8E1), at its own settings.
+    fn host_receives(&mut self, b: u8, from: Sender) -> bool {
+        let Sender::Rom { baud } = from else {
+            return true;
+        };
+        if !self.host_line_known {
+            return true;
+        }
+        if baud.is_some_and(|rate| !same_rate(rate, self.line.baud)) {
+            self.stats.framing_errors += 1;
+            return false;
+        }
+        match self.line.parity {
+            Parity::Even => true,
+            // The ROM's parity bit lands where the host expects its stop bit.
+            Parity::None => {
+                let ok = even_parity_bit(b);
+                if !ok {
+                    self.stats.framing_errors += 1;
+                }
+                ok
+            }
+            Parity::Odd => {
+                self.stats.parity_errors += 1;
+                false
+            }
+        }
+    }
+
     /// The chip takes a byte from its receive register at `at`.
     fn chip_reads(&mut self, at: u64, b: u8) {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
+        let from = match self.target.mode() {
+            Mode::Bootloader | Mode::BootloaderUnsynced => Sender::Rom {
+                baud: self.target.autobaud(),
+            },
+            _ => Sender::Other,
+        };
         self.target.feed(b, &mut out);
         let fx = self.target.take_effects();
         let work = self.work_ns(fx.work);
         self.stats.flash_time += Duration::from_nanos(work);
         let done = if fx.reply_first {
-            let sent = self.send(at, &out);
+            let sent = self.send(at, &out, from);
             sent + work
         } else {
-            let sent = self.send(at + work, &out);
+            let sent = self.send(at + work, &out, from);
             sent.max(at + work)
         };
         self.scratch = out;
@@ -543,17 +664,15 @@ impl Wire {
             let banner = self.target.take_boot_output();
             if !banner.is_empty() {
                 let ready = self.ready_at;
-                let sent = self.send(ready, &banner);
+                let sent = self.send(ready, &banner, Sender::Other);
                 self.busy_until = self.busy_until.max(sent);
             }
         }
     }
 
     /// The chip sends `bytes` starting no earlier than `at`; returns when the last one has left.
-    fn send(&mut self, at: u64, bytes: &[u8]) -> u64 {
+    fn send(&mut self, at: u64, bytes: &[u8], from: Sender) -> u64 {
         let c = self.char_ns();
-        let half = self.half_latency();
-        let timer = ns(self.cfg.send_timer);
         let mut end = at.max(self.chip_line_free);
         for &b in bytes {
             let start = at.max(self.chip_line_free);
@@ -563,17 +682,27 @@ impl Wire {
             let Some(b) = self.through_link(b) else {
                 continue;
             };
-            if timer == 0 {
-                self.outbound.push_back((end + half, b));
-                continue;
+            if self.host_receives(b, from) {
+                self.emit(end, b);
             }
-            if !self.modem.is_empty() && end > self.modem_last + timer {
-                self.flush_modem();
-            }
-            self.modem.push(b);
-            self.modem_last = end;
         }
         end
+    }
+
+    /// A byte whose last bit left the chip's end of the line at `end` heads for the host:
+    /// directly, or through the modem's send timer.
+    fn emit(&mut self, end: u64, b: u8) {
+        let timer = ns(self.cfg.send_timer);
+        if timer == 0 {
+            let half = self.half_latency();
+            self.outbound.push_back((end + half, b));
+            return;
+        }
+        if !self.modem.is_empty() && end > self.modem_last + timer {
+            self.flush_modem();
+        }
+        self.modem.push(b);
+        self.modem_last = end;
     }
 
     fn flush_modem(&mut self) {
@@ -588,7 +717,6 @@ impl Wire {
 mod tests {
     use super::*;
     use crate::device::DeviceTable;
-    use crate::link::Parity;
     use crate::sim::target::{FaultOp, OpFault};
     use crate::sim::SimSpec;
 
@@ -840,5 +968,112 @@ mod tests {
         // Power returns after a second; the ROM answers again.
         w.host_send(2_000_000_000, &[0x7F]);
         assert_eq!(bytes(&drain(&mut w)), [0x79]);
+    }
+
+    /// A wire whose host line settings are known (as the in-process link's are).
+    fn known(part: &str, cfg: WireConfig, line: LineSettings) -> Wire {
+        let mut w = Wire::new(target(part), cfg, line);
+        w.set_host_line_known(true);
+        w
+    }
+
+    const GET_ID: [u8; 5] = [0x79, 0x01, 0x04, 0x31, 0x79];
+
+    #[test]
+    fn half_duplex_adapter_echoes_before_the_reply() {
+        let cfg = WireConfig {
+            echo: true,
+            ..typical()
+        };
+        let mut w = Wire::new(target("stm32f411"), cfg, LINE);
+        w.host_send(0, &[0x7F]);
+        let got = drain(&mut w);
+        assert_eq!(bytes(&got), [0x7F, 0x79]);
+        assert!(got[0].0 < got[1].0, "the echo comes first");
+        let t = w.now;
+        w.host_send(t, &[0x02, 0xFD]);
+        let mut want = vec![0x02, 0xFD];
+        want.extend_from_slice(&GET_ID);
+        assert_eq!(bytes(&drain(&mut w)), want);
+        assert_eq!(w.stats().echoed, 3);
+    }
+
+    #[test]
+    fn auto_baud_locks_at_the_first_7f_and_other_rates_are_lost() {
+        let slow = LineSettings {
+            baud: 57_600,
+            parity: Parity::Even,
+        };
+        let mut w = known("stm32f411", typical(), slow);
+        w.host_send(0, &[0x7F]);
+        assert_eq!(bytes(&drain(&mut w)), [0x79], "any rate can sync");
+        assert_eq!(w.target().autobaud(), Some(57_600));
+        let t = w.now;
+        w.set_line(t, LINE);
+        w.host_send(t, &[0x02, 0xFD]);
+        assert!(drain(&mut w).is_empty(), "115200 after locking at 57600");
+        assert_eq!(w.stats().framing_errors, 2);
+        // Within 2.5 %: still understood.
+        let t = w.now;
+        w.set_line(
+            t,
+            LineSettings {
+                baud: 58_500,
+                parity: Parity::Even,
+            },
+        );
+        w.host_send(t, &[0x02, 0xFD]);
+        assert_eq!(bytes(&drain(&mut w)), GET_ID);
+        // A reset forgets the rate: the next 0x7F locks again.
+        let t = w.now;
+        w.set_line(t, LINE);
+        w.set_lines(t, true, false);
+        w.set_lines(t + 1_000, false, false);
+        let t = t + 100_000_000;
+        w.host_send(t, &[0x7F, 0x02, 0xFD]);
+        let mut want = vec![0x79];
+        want.extend_from_slice(&GET_ID);
+        assert_eq!(bytes(&drain(&mut w)), want);
+        assert_eq!(w.target().autobaud(), Some(115_200));
+    }
+
+    #[test]
+    fn a_host_without_parity_syncs_but_loses_even_bytes() {
+        let n1 = LineSettings {
+            baud: 115_200,
+            parity: Parity::None,
+        };
+        let mut w = known("stm32f411", WireConfig::default(), n1);
+        // 7F has seven ones: its parity bit is 1, the host's stop bit. ACK (79) has five.
+        w.host_send(0, &[0x7F]);
+        assert_eq!(bytes(&drain(&mut w)), [0x79]);
+        // Get (00 FF): both bytes have an even number of ones and are dropped.
+        w.host_send(0, &[0x00, 0xFF]);
+        assert!(drain(&mut w).is_empty());
+        assert_eq!(w.stats().parity_errors, 2);
+        // Get Version (01 FE) reaches the chip; of its reply 79 31 00 00 79 the two 00 have a
+        // parity bit of 0, which the host takes for a broken stop bit.
+        w.host_send(0, &[0x01, 0xFE]);
+        assert_eq!(bytes(&drain(&mut w)), [0x79, 0x31, 0x79]);
+        assert_eq!(w.stats().framing_errors, 2);
+    }
+
+    #[test]
+    fn odd_parity_gets_every_byte_wrong_and_unknown_lines_are_not_judged() {
+        let odd = LineSettings {
+            baud: 115_200,
+            parity: Parity::Odd,
+        };
+        let mut w = known("stm32f411", WireConfig::default(), odd);
+        w.host_send(0, &[0x7F, 0x7F]);
+        assert!(drain(&mut w).is_empty());
+        assert_eq!(w.stats().parity_errors, 2);
+        assert_eq!(w.target().mode(), Mode::BootloaderUnsynced);
+        // The same settings from an endpoint that cannot know them (a pty): no model.
+        let mut w = Wire::new(target("stm32f411"), WireConfig::default(), odd);
+        w.host_send(0, &[0x7F, 0x02, 0xFD]);
+        let mut want = vec![0x79];
+        want.extend_from_slice(&GET_ID);
+        assert_eq!(bytes(&drain(&mut w)), want);
     }
 }

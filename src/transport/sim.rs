@@ -60,11 +60,14 @@ impl SimLink {
         Ok(SimLink::with_target(target, spec, line))
     }
 
-    /// Wrap an existing chip, with the wire options of `spec`.
+    /// Wrap an existing chip, with the wire options of `spec`. `line` is what the host uses,
+    /// and so are later [`Link::set_line`] calls: the chip's auto-baud and 8E1 framing apply.
     pub fn with_target(target: Target, spec: SimSpec, line: LineSettings) -> SimLink {
         let started = spec.realtime().then(Instant::now);
+        let mut wire = Wire::new(target, spec.wire, line);
+        wire.set_host_line_known(true);
         SimLink {
-            wire: Wire::new(target, spec.wire, line),
+            wire,
             spec,
             clock: 0,
             started,
