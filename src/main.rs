@@ -35,6 +35,13 @@ fn error_code(err: &anyhow::Error) -> &'static str {
         .unwrap_or("error")
 }
 
+/// Print a result line; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 fn findings(err: &anyhow::Error) -> Vec<stm32boot::Finding> {
     match err.downcast_ref::<stm32boot::Error>() {
         Some(stm32boot::Error::Diagnosed { findings, .. }) => findings.clone(),
@@ -66,18 +73,17 @@ fn main() -> ExitCode {
                     obj.extend(extra);
                     obj.insert("notes".into(), json!(bars.notes));
                 }
-                println!("{v}");
+                print_out(&v.to_string());
             } else if !cli.quiet && !outcome.text.is_empty() {
-                println!("{}", outcome.text);
+                print_out(&outcome.text);
             }
             ExitCode::SUCCESS
         }
         Err(err) => {
             let code = exit_code(&err);
             if cli.json {
-                println!(
-                    "{}",
-                    json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code, "findings": findings(&err) }, "notes": bars.notes })
+                print_out(
+                    &json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code, "findings": findings(&err) }, "notes": bars.notes }).to_string()
                 );
             } else {
                 eprintln!("error: {err:#}");
