@@ -20,22 +20,7 @@ fn layout(d: &Device) -> &ObLayout {
 
 /// The factory option bytes of a part as an image of its windows.
 fn factory(d: &Device) -> ObImage {
-    ObImage::new(
-        d.option_bytes
-            .iter()
-            .map(|w| {
-                let mut bytes = vec![0xFFu8; w.len() as usize];
-                for (addr, b) in &d.ob_default {
-                    if w.contains(*addr) {
-                        let off = (addr - w.start) as usize;
-                        let n = b.len().min(bytes.len() - off);
-                        bytes[off..off + n].copy_from_slice(&b[..n]);
-                    }
-                }
-                (w.start, bytes)
-            })
-            .collect(),
-    )
+    d.factory_option_bytes()
 }
 
 /// Address and mask of a one-bit field.

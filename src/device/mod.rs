@@ -240,6 +240,27 @@ fn ob_byte_in(blocks: &[(u32, Vec<u8>)], addr: u32) -> Option<u8> {
 }
 
 impl Device {
+    /// The factory option bytes as an image of the part's windows (bytes the table does not
+    /// give read as `FF`).
+    pub fn factory_option_bytes(&self) -> options::ObImage {
+        options::ObImage::new(
+            self.option_bytes
+                .iter()
+                .map(|w| {
+                    let mut bytes = vec![0xFFu8; w.len() as usize];
+                    for (addr, b) in &self.ob_default {
+                        if w.contains(*addr) {
+                            let off = (addr - w.start) as usize;
+                            let n = b.len().min(bytes.len() - off);
+                            bytes[off..off + n].copy_from_slice(&b[..n]);
+                        }
+                    }
+                    (w.start, bytes)
+                })
+                .collect(),
+        )
+    }
+
     /// The flash size in bytes.
     pub fn flash_size(&self) -> u32 {
         self.flash.len() as u32

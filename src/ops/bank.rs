@@ -263,21 +263,7 @@ mod tests {
     fn status_picks_the_booting_bank() {
         let d = device("stm32l476");
         let l = d.ob_layout.clone().expect("test setup");
-        let mut img = ObImage::new(
-            d.option_bytes
-                .iter()
-                .map(|w| {
-                    let mut b = vec![0xFF; w.len() as usize];
-                    for (a, bytes) in &d.ob_default {
-                        if w.contains(*a) {
-                            let off = (a - w.start) as usize;
-                            b[off..off + bytes.len()].copy_from_slice(bytes);
-                        }
-                    }
-                    (w.start, b)
-                })
-                .collect(),
-        );
+        let mut img = d.factory_option_bytes();
         let app = (0x2001_8000, 0x0800_0101);
         let blank = (0xFFFF_FFFF, 0xFFFF_FFFF);
         let s = status(&d, &img, &[app, app]).expect("test setup");

@@ -720,22 +720,7 @@ mod tests {
     }
 
     fn factory(d: &Device) -> ObImage {
-        ObImage::new(
-            d.option_bytes
-                .iter()
-                .map(|w| {
-                    let mut bytes = vec![0xFFu8; w.len() as usize];
-                    for (addr, b) in &d.ob_default {
-                        if w.contains(*addr) {
-                            let off = (addr - w.start) as usize;
-                            let n = b.len().min(bytes.len() - off);
-                            bytes[off..off + n].copy_from_slice(&b[..n]);
-                        }
-                    }
-                    (w.start, bytes)
-                })
-                .collect(),
-        )
+        d.factory_option_bytes()
     }
 
     fn set(d: &Device, pairs: &[(&str, &str)], allow: bool) -> Result<ObPlan> {

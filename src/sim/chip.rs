@@ -71,19 +71,12 @@ impl Chip {
                 sysmem[(at - device.system_memory.start) as usize] = id;
             }
         }
-        let mut option_bytes: Vec<Vec<u8>> = device
-            .option_bytes
-            .iter()
-            .map(|w| vec![0xFF; w.len() as usize])
+        let option_bytes: Vec<Vec<u8>> = device
+            .factory_option_bytes()
+            .windows
+            .into_iter()
+            .map(|(_, bytes)| bytes)
             .collect();
-        for (addr, bytes) in &device.ob_default {
-            for (i, w) in device.option_bytes.iter().enumerate() {
-                if w.contains(*addr) {
-                    let off = (addr - w.start) as usize;
-                    option_bytes[i][off..off + bytes.len()].copy_from_slice(bytes);
-                }
-            }
-        }
         let otp = device
             .otp
             .map(|o| vec![0xFF; o.range.len() as usize])
