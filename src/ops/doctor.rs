@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::link::{LineSettings, Link, LinkError, Parity};
 use crate::ops::bank;
 use crate::ops::connect::{connect, ConnectOptions, Connection};
-use crate::ops::option_bytes::{self, page_runs, write_protected_pages};
+use crate::ops::option_bytes::{self, page_runs, write_protected_pages, BootSource};
 use crate::ops::progress::Progress;
 use crate::protocol::{ACK, NACK, SYNC};
 use crate::session::{Session, Timeouts};
@@ -423,18 +423,16 @@ fn chip_checks(conn: &mut Connection, checks: &mut Vec<Check>) -> Result<()> {
             None,
         ));
     }
-    if let Some(sel) = conn.device.rules.boot_select {
-        let bit = |a: u32, m: u8| image.at(a).map(|b| b & m != 0);
-        let by_option = bit(sel.select.address, sel.select.mask) == Some(sel.select.set);
-        let detail = if !by_option {
-            "the BOOT0 pin selects the boot source".to_string()
-        } else if bit(sel.nboot0.address, sel.nboot0.mask) == Some(true) {
-            "the boot option bits select the main flash and the BOOT0 pin is ignored: after a \
-             reset the chip runs its application (or the bootloader only while the flash is \
-             empty)"
-                .to_string()
-        } else {
-            "the boot option bits select the bootloader; the BOOT0 pin is ignored".to_string()
+    if let Some(source) = option_bytes::boot_source(&conn.device, &image) {
+        let detail = match source {
+            BootSource::Pin => "the BOOT0 pin selects the boot source".to_string(),
+            BootSource::OptionFlash => "the boot option bits select the main flash and the \
+                BOOT0 pin is ignored: after a reset the chip runs its application (or the \
+                bootloader only while the flash is empty)"
+                .to_string(),
+            BootSource::OptionBootloader => {
+                "the boot option bits select the bootloader; the BOOT0 pin is ignored".to_string()
+            }
         };
         checks.push(check("boot", Status::Info, detail, None));
     }

@@ -316,15 +316,38 @@ pub fn plan_set(
     })
 }
 
-/// Whether the option bits alone make the chip boot flash (nBOOT_SEL / nSWBOOT0 select the
-/// option bit and nBOOT0 = 1), so that BOOT0 cannot bring up the bootloader.
-fn boots_flash(device: &Device, image: &ObImage) -> bool {
-    let Some(sel) = device.rules.boot_select else {
-        return false;
-    };
+/// What decides where the chip boots, on parts whose option bits can take over from the
+/// BOOT0 pin (G0 nBOOT_SEL, G4/L4+ nSWBOOT0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootSource {
+    /// The BOOT0 pin.
+    Pin,
+    /// The option bits, and they select the main flash.
+    OptionFlash,
+    /// The option bits, and they select the bootloader.
+    OptionBootloader,
+}
+
+/// Where the boot source comes from, if the part's option bits can decide it.
+pub fn boot_source(device: &Device, image: &ObImage) -> Option<BootSource> {
+    let sel = device.rules.boot_select?;
     let bit = |addr: u32, mask: u8| image.at(addr).map(|b| b & mask != 0);
-    bit(sel.select.address, sel.select.mask) == Some(sel.select.set)
-        && bit(sel.nboot0.address, sel.nboot0.mask) == Some(true)
+    Some(
+        if bit(sel.select.address, sel.select.mask) != Some(sel.select.set) {
+            BootSource::Pin
+        } else if bit(sel.nboot0.address, sel.nboot0.mask) == Some(true) {
+            BootSource::OptionFlash
+        } else {
+            BootSource::OptionBootloader
+        },
+    )
+}
+
+/// Whether the option bits alone make the chip boot flash, so that BOOT0 cannot bring up the
+/// bootloader.
+fn boots_flash(device: &Device, image: &ObImage) -> bool {
+    boot_source(device, image) == Some(BootSource::OptionFlash)
 }
 
 /// What [`apply`] did.
