@@ -41,6 +41,8 @@ pub mod image;
 pub mod link;
 pub mod ops;
 pub mod protocol;
+pub mod relay;
+pub mod sequence;
 pub mod session;
 pub mod sim;
 pub mod transport;

@@ -3,7 +3,14 @@
 //! A link moves bytes, waits with a timeout, drives the modem-control lines that boards wire to
 //! NRST and BOOT0, and knows its line rate. It knows nothing of AN3155.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The wall clock's fixed start for [`Link::now`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// Why a link operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,19 @@ impl LineSettings {
     }
 }
 
+/// One step of a reset or boot-entry sequence on the modem-control lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStep {
+    /// Drive DTR (`true` = asserted: the modem-control bit set, 0 V on a TTL adapter).
+    Dtr(bool),
+    /// Drive RTS (`true` = asserted).
+    Rts(bool),
+    /// Start (`true`) or stop a break condition.
+    Break(bool),
+    /// Wait this long before the next step.
+    Wait(Duration),
+}
+
 /// A byte pipe to the bootloader.
 pub trait Link: Send {
     /// Send all bytes.
@@ -145,6 +165,27 @@ pub trait Link: Send {
     /// Wait. Simulated links advance their own clock instead of sleeping.
     fn delay(&mut self, duration: Duration) {
         std::thread::sleep(duration);
+    }
+
+    /// Time since a fixed start, as this link counts it: the wall clock, or a simulated link's
+    /// virtual clock. Sessions measure round trips with it.
+    fn now(&self) -> Duration {
+        epoch().elapsed()
+    }
+
+    /// Run a reset or boot-entry sequence. The default drives the lines one step at a time and
+    /// waits with [`Link::delay`]; a link to a relay hands the whole sequence over so that the
+    /// relay replays it next to the port, where network latency cannot stretch the pulses.
+    fn run_steps(&mut self, steps: &[LineStep]) -> Result<(), LinkError> {
+        for step in steps {
+            match *step {
+                LineStep::Dtr(on) => self.set_dtr(on)?,
+                LineStep::Rts(on) => self.set_rts(on)?,
+                LineStep::Break(on) => self.set_break(on)?,
+                LineStep::Wait(d) => self.delay(d),
+            }
+        }
+        Ok(())
     }
 
     /// A short description for messages ("/dev/ttyUSB0 at 115200 8E1").
@@ -183,6 +224,12 @@ impl<L: Link + ?Sized> Link for Box<L> {
     }
     fn delay(&mut self, duration: Duration) {
         (**self).delay(duration)
+    }
+    fn run_steps(&mut self, steps: &[LineStep]) -> Result<(), LinkError> {
+        (**self).run_steps(steps)
+    }
+    fn now(&self) -> Duration {
+        (**self).now()
     }
     fn describe(&self) -> String {
         (**self).describe()

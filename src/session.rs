@@ -33,6 +33,9 @@ pub struct Timeouts {
     pub resync: Duration,
     /// Quiet time used to drain stray bytes (a second NACK from some parts).
     pub drain: Duration,
+    /// Added to every wait: the link's round-trip allowance, set from the round trip measured
+    /// at connect (twice the measurement, for jitter). Zero until then.
+    pub latency: Duration,
 }
 
 impl Default for Timeouts {
@@ -49,6 +52,7 @@ impl Default for Timeouts {
             reset_settle: Duration::from_millis(100),
             resync: Duration::from_secs(10),
             drain: Duration::from_millis(30),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -62,9 +66,20 @@ impl Timeouts {
         }
     }
 
-    /// `base` multiplied by the scale factor.
+    /// `base` multiplied by the scale factor, plus the link's latency allowance.
     pub fn apply(&self, base: Duration) -> Duration {
-        base.mul_f64(self.scale)
+        base.mul_f64(self.scale) + self.latency
+    }
+
+    /// How long one [`Session::sync`] may take in all: each 0x7F waits twice as long as the one
+    /// before, so that a link whose round trip is not known yet (up to 2 s at the default
+    /// scale) still answers within an attempt.
+    pub fn sync_total(&self) -> Duration {
+        (0..SYNC_ATTEMPTS).map(|i| self.sync_wait(i)).sum()
+    }
+
+    fn sync_wait(&self, attempt: u32) -> Duration {
+        self.apply(self.sync * (1 << attempt))
     }
 }
 
@@ -124,11 +139,31 @@ pub struct SpecialReply {
 }
 
 /// A live conversation with one bootloader.
+///
+/// **Pipelining.** On links with latency every wait for an ACK costs a round trip, so where it
+/// is safe the session sends a command's phases in one write and then collects the ACKs
+/// (links.md §10): only within one command (the ROM reads a command's bytes as fast as they
+/// come, but not while it programs or erases, so commands never overlap), only once a Read or
+/// Write Memory has been ACKed in stop-and-wait (read protection would NACK the command and
+/// leave the rest to be parsed as commands), and only where the bytes sent ahead hold no
+/// command/complement pair ([`Command::misparse_safe`]). A NACK or an unexpected byte during a
+/// pipelined exchange drains the replies, re-syncs and turns pipelining off for the rest of
+/// the session.
 pub struct Session {
     link: Box<dyn Link>,
     timeouts: Timeouts,
     info: Option<BootloaderInfo>,
     stray_bytes: usize,
+    /// Pipelining allowed (the caller may turn it off; a failed pipelined exchange does).
+    pipelining: bool,
+    /// A Read or Write Memory was ACKed since the last reset: no read protection in the way.
+    proven: bool,
+    /// Times the session waited for the device after sending.
+    round_trips: u64,
+    /// Something was sent since the last read.
+    awaiting: bool,
+    /// The round trip measured at identify.
+    rtt: Option<Duration>,
 }
 
 impl Session {
@@ -139,6 +174,11 @@ impl Session {
             timeouts,
             info: None,
             stray_bytes: 0,
+            pipelining: true,
+            proven: false,
+            round_trips: 0,
+            awaiting: false,
+            rtt: None,
         }
     }
 
@@ -167,6 +207,29 @@ impl Session {
         self.stray_bytes
     }
 
+    /// Allow or forbid sending a command's phases in one write (on by default; see the type's
+    /// documentation for when it applies).
+    pub fn set_pipelining(&mut self, on: bool) {
+        self.pipelining = on;
+    }
+
+    /// Whether pipelining is still allowed (a failed pipelined exchange turns it off).
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// How many times the session has waited for the device after sending: the round trips a
+    /// job cost, which on a remote link is what its duration is made of.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+
+    /// The round trip measured when the bootloader was identified (from sending Get Version to
+    /// its ACK, less the two characters' wire time).
+    pub fn round_trip_time(&self) -> Option<Duration> {
+        self.rtt
+    }
+
     /// Close the link (a simulated link saves its state).
     pub fn close(mut self) -> Result<()> {
         self.link.close()?;
@@ -184,13 +247,27 @@ impl Session {
     pub fn sync(&mut self) -> Result<SyncOutcome> {
         let attempts = SYNC_ATTEMPTS;
         self.link.discard_input()?;
-        for _ in 0..attempts {
-            self.link.write_all(&[SYNC])?;
-            let wait = self.timeouts.apply(self.timeouts.sync);
+        self.proven = false;
+        let first = self.link.now();
+        for attempt in 0..attempts {
+            self.send(&[SYNC])?;
+            let wait = self.timeouts.sync_wait(attempt);
             loop {
                 match self.read_byte(wait) {
-                    Ok(ACK) => return Ok(SyncOutcome::Synced),
+                    Ok(ACK) if attempt == 0 => {
+                        self.allow_round_trip(first);
+                        return Ok(SyncOutcome::Synced);
+                    }
+                    Ok(ACK) => {
+                        // The ACK may answer an earlier 0x7F (so the round trip is taken from
+                        // the first), and a later one may be waiting in the bootloader for
+                        // its complement: settle that first.
+                        self.allow_round_trip(first);
+                        self.settle_idle(wait)?;
+                        return Ok(SyncOutcome::Synced);
+                    }
                     Ok(NACK) => {
+                        self.allow_round_trip(first);
                         self.drain()?;
                         return Ok(SyncOutcome::AlreadySynced);
                     }
@@ -212,6 +289,11 @@ impl Session {
     /// some bootloaders send after init.
     pub fn identify(&mut self) -> Result<&BootloaderInfo> {
         let (_, option_bytes, extra_ack) = self.get_version_inner()?;
+        if let Some(rtt) = self.rtt {
+            // Twice the measurement: room for jitter on cellular links. On a local port this is
+            // a few milliseconds.
+            self.timeouts.latency = rtt * 2;
+        }
         let get = self.get()?;
         let pid = self.get_id()?;
         self.info = Some(BootloaderInfo {
@@ -248,7 +330,10 @@ impl Session {
 
     fn get_version_inner(&mut self) -> Result<(ProtocolVersion, [u8; 2], bool)> {
         let cmd = Command::GetVersion;
+        let sent = self.link.now();
         self.command(cmd)?;
+        let took = self.link.now().saturating_sub(sent);
+        self.rtt = Some(took.saturating_sub(self.wire_time(2)));
         let mut version = self.read_reply_byte(cmd)?;
         let mut extra_ack = false;
         if version == ACK {
@@ -289,14 +374,25 @@ impl Session {
             ))
         })?;
         self.require(cmd)?;
-        self.command(cmd)?;
-        self.field(
-            cmd,
-            Phase::Address,
-            &protocol::u32_field(address),
-            self.timeouts.ack,
-        )?;
-        self.field(cmd, Phase::Count, &count, self.timeouts.ack)?;
+        let addr = protocol::u32_field(address);
+        let ack = self.timeouts.ack;
+        let ahead = [&addr[..], &count[..]].concat();
+        if self.may_pipeline(&ahead) {
+            self.send(&[&cmd.frame()[..], &ahead].concat())?;
+            self.pipelined_acks(
+                cmd,
+                &[
+                    (Phase::Command, ack),
+                    (Phase::Address, ack),
+                    (Phase::Count, ack),
+                ],
+            )?;
+        } else {
+            self.command(cmd)?;
+            self.proven = true;
+            self.field(cmd, Phase::Address, &addr, ack)?;
+            self.field(cmd, Phase::Count, &count, ack)?;
+        }
         let wait = self.timeouts.apply(self.timeouts.ack) + self.wire_time(buf.len()) * 2;
         self.read_exact(buf, wait)
             .map_err(|e| self.timeout_as(e, cmd, Phase::Reply, wait))
@@ -313,14 +409,31 @@ impl Session {
             ))
         })?;
         self.require(cmd)?;
-        self.command(cmd)?;
-        self.field(
-            cmd,
-            Phase::Address,
-            &protocol::u32_field(address),
-            self.timeouts.ack,
-        )?;
-        let wait = self.timeouts.write_block + self.wire_time(frame.len());
+        let addr = protocol::u32_field(address);
+        let ack = self.timeouts.ack;
+        let wait = self.timeouts.write_block + self.wire_time(addr.len() + frame.len());
+        let whole = [&addr[..], &frame].concat();
+        if self.may_pipeline(&whole) {
+            // The whole command in one write, one round trip.
+            self.send(&[&cmd.frame()[..], &whole].concat())?;
+            return self.pipelined_acks(
+                cmd,
+                &[
+                    (Phase::Command, ack),
+                    (Phase::Address, ack),
+                    (Phase::Data, wait),
+                ],
+            );
+        }
+        if self.may_pipeline(&addr) {
+            // The data holds a command pair: send it only once the address is ACKed.
+            self.send(&[&cmd.frame()[..], &addr].concat())?;
+            self.pipelined_acks(cmd, &[(Phase::Command, ack), (Phase::Address, ack)])?;
+        } else {
+            self.command(cmd)?;
+            self.proven = true;
+            self.field(cmd, Phase::Address, &addr, ack)?;
+        }
         self.field(cmd, Phase::Data, &frame, wait)
     }
 
@@ -355,8 +468,15 @@ impl Session {
         };
         let frame = frame
             .ok_or_else(|| Error::InvalidRequest(format!("{cmd} cannot express {request:?}")))?;
-        self.command(cmd)?;
         let wait = timeout + self.wire_time(frame.len());
+        if self.may_pipeline(&frame) {
+            self.send(&[&cmd.frame()[..], &frame].concat())?;
+            return self.pipelined_acks(
+                cmd,
+                &[(Phase::Command, self.timeouts.ack), (Phase::Pages, wait)],
+            );
+        }
+        self.command(cmd)?;
         self.field(cmd, Phase::Pages, &frame, wait)
     }
 
@@ -497,10 +617,11 @@ impl Session {
     /// 0x7F until the bootloader answers or `total` runs out, then identify again.
     pub fn after_reset(&mut self, settle: Duration, total: Duration) -> Result<()> {
         self.info = None;
+        self.proven = false;
         let settle = self.timeouts.apply(settle);
         self.link.delay(settle);
         // Each sync() sends up to SYNC_ATTEMPTS bytes and waits for each.
-        let per_try = self.timeouts.apply(self.timeouts.sync) * SYNC_ATTEMPTS;
+        let per_try = self.timeouts.sync_total();
         let total = self.timeouts.apply(total);
         let tries = (total.as_secs_f64() / per_try.as_secs_f64().max(0.001)).ceil() as u32;
         let mut last = None;
@@ -540,13 +661,82 @@ impl Session {
     }
 
     fn command(&mut self, cmd: Command) -> Result<()> {
-        self.link.write_all(&cmd.frame())?;
+        self.send(&cmd.frame())?;
         self.expect_ack(cmd, Phase::Command, self.timeouts.ack)
     }
 
     fn field(&mut self, cmd: Command, phase: Phase, bytes: &[u8], wait: Duration) -> Result<()> {
-        self.link.write_all(bytes)?;
+        self.send(bytes)?;
         self.expect_ack(cmd, phase, wait)
+    }
+
+    /// Raise the latency allowance to twice the time since `sent`: an upper bound of the round
+    /// trip until Get Version measures it (a link with a round trip of a second must not time
+    /// out before it is measured).
+    fn allow_round_trip(&mut self, sent: Duration) {
+        let took = self.link.now().saturating_sub(sent);
+        self.timeouts.latency = self.timeouts.latency.max(took * 2);
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.link.write_all(bytes)?;
+        self.awaiting = true;
+        Ok(())
+    }
+
+    /// Whether `ahead` may follow a command's first phase in the same write.
+    fn may_pipeline(&self, ahead: &[u8]) -> bool {
+        self.pipelining && self.proven && Command::misparse_safe(ahead)
+    }
+
+    /// Collect the ACKs of a pipelined exchange, one per phase. On a NACK or a byte that is
+    /// no ACK, the rest of what was sent may be read as commands: drain, bring the bootloader
+    /// back to waiting for a command, turn pipelining off, and report the failed phase.
+    fn pipelined_acks(&mut self, cmd: Command, phases: &[(Phase, Duration)]) -> Result<()> {
+        for &(phase, wait) in phases {
+            match self.expect_ack(cmd, phase, wait) {
+                Ok(()) => {}
+                Err(e @ (Error::Nack { .. } | Error::UnexpectedReply { .. })) => {
+                    self.pipelining = false;
+                    self.drain()?;
+                    let wait = self.timeouts.sync_wait(0);
+                    self.settle_idle(wait)?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring a synced bootloader to a known state, waiting for a command: drop what is still
+    /// arriving, then send 0x7F until it is NACKed. A bootloader holding a stray byte pairs it
+    /// with the first 0x7F (no command has 0x80 as complement: NACK); an idle one keeps that
+    /// 0x7F waiting and NACKs the second.
+    fn settle_idle(&mut self, wait: Duration) -> Result<()> {
+        // The latency allowance may have grown since `wait` was worked out.
+        let wait = wait.max(self.timeouts.sync_wait(0));
+        let quiet = self.timeouts.drain;
+        self.timeouts.drain = quiet.max(wait);
+        let drained = self.drain();
+        self.timeouts.drain = quiet;
+        drained?;
+        for _ in 0..2 {
+            self.send(&[SYNC])?;
+            match self.read_byte(wait) {
+                Ok(NACK) => return self.drain(),
+                Ok(_) | Err(LinkError::Timeout(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::NoSync {
+            link: self.link.describe(),
+            attempts: 2,
+            stray_bytes: self.stray_bytes,
+            hint: "the bootloader did not come back to waiting for a command after a failed \
+                   exchange; reset the chip and reconnect"
+                .into(),
+        })
     }
 
     fn expect_ack(&mut self, cmd: Command, phase: Phase, wait: Duration) -> Result<()> {
@@ -607,6 +797,10 @@ impl Session {
 
     /// Read exactly `buf.len()` bytes; `wait` bounds each gap between arriving bytes.
     fn read_exact(&mut self, buf: &mut [u8], wait: Duration) -> std::result::Result<(), LinkError> {
+        if self.awaiting && !buf.is_empty() {
+            self.awaiting = false;
+            self.round_trips += 1;
+        }
         let mut filled = 0;
         while filled < buf.len() {
             filled += self.link.read(&mut buf[filled..], wait)?;
@@ -1036,6 +1230,129 @@ mod tests {
         h.assert_done();
     }
 
+    /// The stop-and-wait write that proves no read protection is in the way.
+    fn proving_write() -> Vec<Step> {
+        vec![
+            step(&[0x31, 0xCE], &[0x79]),
+            step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]),
+            step(&[0x00, 0x55, 0x55], &[0x79]),
+        ]
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn after_a_proving_write_a_write_takes_one_round_trip() {
+        let mut steps = proving_write();
+        steps.push((
+            cat(&[
+                &[0x31, 0xCE],
+                &[0x08, 0x00, 0x01, 0x00, 0x09],
+                &[0x01, 0x12, 0x34, 0x27],
+            ]),
+            vec![0x79, 0x79, 0x79],
+        ));
+        let (mut s, h) = session(steps);
+        s.write_memory(0x0800_0000, &[0x55]).expect("test setup");
+        assert_eq!(s.round_trips(), 3);
+        s.write_memory(0x0800_0100, &[0x12, 0x34])
+            .expect("test setup");
+        assert_eq!(s.round_trips(), 4);
+        h.assert_done();
+    }
+
+    #[test]
+    fn data_holding_a_command_pair_waits_for_the_address_ack() {
+        let mut steps = proving_write();
+        steps.push((
+            cat(&[&[0x31, 0xCE], &[0x08, 0x00, 0x01, 0x00, 0x09]]),
+            vec![0x79, 0x79],
+        ));
+        // 82 7D is Readout Protect: never sent before the address is ACKed.
+        steps.push(step(&[0x01, 0x82, 0x7D, 0xFE], &[0x79]));
+        let (mut s, h) = session(steps);
+        s.write_memory(0x0800_0000, &[0x55]).expect("test setup");
+        s.write_memory(0x0800_0100, &[0x82, 0x7D])
+            .expect("test setup");
+        h.assert_done();
+    }
+
+    #[test]
+    fn an_address_with_a_command_pair_goes_stop_and_wait() {
+        let mut steps = proving_write();
+        // 0x0800738C holds 73 8C (Write Unprotect).
+        steps.push(step(&[0x31, 0xCE], &[0x79]));
+        steps.push(step(&[0x08, 0x00, 0x73, 0x8C, 0xF7], &[0x79]));
+        steps.push(step(&[0x00, 0xAA, 0xAA], &[0x79]));
+        let (mut s, h) = session(steps);
+        s.write_memory(0x0800_0000, &[0x55]).expect("test setup");
+        s.write_memory(0x0800_738C, &[0xAA]).expect("test setup");
+        h.assert_done();
+    }
+
+    #[test]
+    fn a_nack_in_a_pipelined_write_resyncs_and_stops_pipelining() {
+        let mut steps = proving_write();
+        // The command is NACKed; the address pairs are NACKed too, and the last byte waits.
+        steps.push((
+            cat(&[
+                &[0x31, 0xCE],
+                &[0x08, 0x00, 0x01, 0x00, 0x09],
+                &[0x00, 0x12, 0x12],
+            ]),
+            vec![0x1F, 0x1F, 0x1F, 0x1F],
+        ));
+        // Re-sync: the waiting byte pairs with the first 0x7F.
+        steps.push(step(&[0x7F], &[0x1F]));
+        // Then stop-and-wait again.
+        steps.push(step(&[0x31, 0xCE], &[0x79]));
+        steps.push(step(&[0x08, 0x00, 0x01, 0x00, 0x09], &[0x79]));
+        steps.push(step(&[0x00, 0x12, 0x12], &[0x79]));
+        let (mut s, h) = session(steps);
+        s.write_memory(0x0800_0000, &[0x55]).expect("test setup");
+        assert_nack(
+            s.write_memory(0x0800_0100, &[0x12]).unwrap_err(),
+            Command::WriteMemory,
+            Phase::Command,
+        );
+        assert!(!s.pipelining());
+        s.write_memory(0x0800_0100, &[0x12]).expect("test setup");
+        h.assert_done();
+    }
+
+    #[test]
+    fn reads_are_pipelined_once_proven_and_not_with_pipelining_off() {
+        let mut steps = proving_write();
+        steps.push((
+            cat(&[
+                &[0x11, 0xEE],
+                &[0x08, 0x00, 0x00, 0x00, 0x08],
+                &[0x03, 0xFC],
+            ]),
+            vec![0x79, 0x79, 0x79, 0xAB, 0xCD, 0xEF, 0x01],
+        ));
+        steps.push(step(&[0x11, 0xEE], &[0x79]));
+        steps.push(step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]));
+        steps.push(step(&[0x03, 0xFC], &[0x79, 0xAB, 0xCD, 0xEF, 0x01]));
+        // Two bytes: the count 01 FE would be Get Version's pair, so stop-and-wait.
+        steps.push(step(&[0x11, 0xEE], &[0x79]));
+        steps.push(step(&[0x08, 0x00, 0x00, 0x00, 0x08], &[0x79]));
+        steps.push(step(&[0x01, 0xFE], &[0x79, 0xAB, 0xCD]));
+        let (mut s, h) = session(steps);
+        s.write_memory(0x0800_0000, &[0x55]).expect("test setup");
+        let mut buf = [0u8; 4];
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
+        assert_eq!(buf, [0xAB, 0xCD, 0xEF, 0x01]);
+        s.set_pipelining(false);
+        s.read_memory(0x0800_0000, &mut buf).expect("test setup");
+        s.set_pipelining(true);
+        s.read_memory(0x0800_0000, &mut buf[..2])
+            .expect("test setup");
+        h.assert_done();
+    }
+
     #[test]
     fn write_memory_nack_at_data_phase() {
         let (mut s, h) = session(vec![
@@ -1245,8 +1562,13 @@ mod tests {
             step(&[0x92, 0x6D], &[0x79, 0x79]),
             // Still erasing: the first 0x7F goes unanswered.
             step(&[0x7F], &[]),
+            step(&[0x7F], &[0x79]),
+            // The ACK may have answered the first 0x7F, with the second waiting for its
+            // complement: one more 0x7F, unanswered here (the first was lost), then a NACK.
+            step(&[0x7F], &[]),
+            step(&[0x7F], &[0x1F]),
         ];
-        rest.extend(connect_steps(0x31, &V31));
+        rest.extend(connect_steps(0x31, &V31).into_iter().skip(1));
         let (mut s, h) = connected(0x31, &V31, rest);
         s.readout_unprotect().expect("test setup");
         assert_eq!(s.info().map(|i| i.pid), Some(0x413));

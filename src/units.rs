@@ -48,6 +48,44 @@ pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
     Ok((addr, len))
 }
 
+/// Bytes from text with C-style escapes: `\r`, `\n`, `\t`, `\0`, `\\` and `\xNN`.
+pub fn parse_escaped(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('r') => out.push(b'\r'),
+            Some('n') => out.push(b'\n'),
+            Some('t') => out.push(b'\t'),
+            Some('0') => out.push(0),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                let v = u8::from_str_radix(&hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 2)
+                    .ok_or_else(|| format!("'\\x{hex}' in '{s}' needs two hex digits"))?;
+                out.push(v);
+            }
+            Some(other) => {
+                return Err(format!(
+                    "unknown escape '\\{other}' in '{s}': use \\r, \\n, \\t, \\0, \\\\ or \\xNN"
+                ))
+            }
+            None => return Err(format!("'{s}' ends with a lone backslash")),
+        }
+    }
+    if out.is_empty() {
+        return Err("an empty string".into());
+    }
+    Ok(out)
+}
+
 /// Parse a duration such as `150ms`, `1s`, `20ms` or `2m` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
@@ -71,6 +109,18 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_strings() {
+        assert_eq!(parse_escaped("BOOT\\r\\n"), Ok(b"BOOT\r\n".to_vec()));
+        assert_eq!(parse_escaped("a\\x7Fb\\\\"), Ok(b"a\x7Fb\\".to_vec()));
+        assert!(parse_escaped("\\x7").is_err());
+        assert!(parse_escaped("\\q")
+            .expect_err("bad escape")
+            .contains("unknown escape"));
+        assert!(parse_escaped("x\\").is_err());
+        assert!(parse_escaped("").is_err());
+    }
 
     #[test]
     fn numbers_and_sizes() {

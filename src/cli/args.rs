@@ -59,6 +59,50 @@ pub struct ConnectArgs {
     /// Drive RTS to this level after opening the port (a failure is only a warning).
     #[arg(long, value_enum)]
     pub rts: Option<Level>,
+
+    /// Reset into the bootloader through DTR/RTS first: a preset (dtr-reset-rts-boot0,
+    /// rts-reset-dtr-boot0, none) or stm32flash's -i syntax ('-rts,-dtr,dtr:rts,-dtr,dtr';
+    /// only the part before ':' runs here).
+    #[arg(long, value_name = "SEQUENCE", env = "STM32BOOT_BEFORE", allow_hyphen_values = true)]
+    pub before: Option<String>,
+
+    /// The reset line of a --before preset is active high.
+    #[arg(long)]
+    pub invert_reset: bool,
+
+    /// The BOOT0 line of a --before preset is active high.
+    #[arg(long)]
+    pub invert_boot0: bool,
+
+    /// Send this command to the running application first, which makes it jump to its
+    /// bootloader (escapes: \r \n \t \0 \\ \xNN), e.g. 'BOOT\r'.
+    #[arg(long, value_name = "STRING", value_parser = parse_escaped)]
+    pub enter: Option<EnterBytes>,
+
+    /// How long the application may take to jump after --enter, before the first 0x7F.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub enter_wait: std::time::Duration,
+
+    /// Parity of the application's console for --enter, when it is not the bootloader's.
+    #[arg(long, value_enum, requires = "enter")]
+    pub enter_parity: Option<ParityArg>,
+
+    /// Wait for every ACK before sending the next phase of a command (stop-and-wait), even
+    /// where sending a command's phases together is safe.
+    #[arg(long)]
+    pub no_pipeline: bool,
+}
+
+/// The bytes of `--enter` (a newtype, so that clap does not take `Vec<u8>` as a list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnterBytes(pub Vec<u8>);
+
+fn parse_escaped(s: &str) -> Result<EnterBytes, String> {
+    stm32boot::units::parse_escaped(s).map(EnterBytes)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    stm32boot::units::parse_duration(s)
 }
 
 /// Parity choices.
@@ -171,8 +215,12 @@ pub enum Cmd {
         /// Text to look for in the name, family or part names, or a PID such as 0x431.
         filter: Option<String>,
     },
+    /// Share a local serial port with remote stm32boot clients that prove a pre-shared key (RFC 2217, DTR/RTS, sequences replayed locally).
+    Relay(super::relay::RelayArgs),
     /// Run a simulated target that other programs can open.
     Sim(SimArgs),
+    /// Run a simulated AT modem (Telit, SIMCom, …) on a pseudo-terminal, to rehearse modem: ports against the simulator.
+    SimModem(super::sim_modem::SimModemArgs),
     /// Coefficient blocks: pack, C header, write to and read from the chip.
     Coeffs(super::coeffs::CoeffsArgs),
     /// Option bytes by name: show them decoded, or change named fields.
@@ -292,7 +340,7 @@ pub enum OnOff {
 
 /// Options of `stm32boot sim`.
 #[derive(Args, Debug, Clone)]
-#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["pty", "tcp", "rfc2217"])))]
+#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["pty", "tcp", "rfc2217", "dial"])))]
 pub struct SimArgs {
     /// Part to simulate, with options as after `--port sim:` (e.g. stm32f411, or
     /// 'stm32l476?timing=typical&seed=7'); `stm32boot devices` lists the parts.
@@ -312,6 +360,10 @@ pub struct SimArgs {
     /// purge, and drive DTR/RTS, which reach NRST and BOOT0.
     #[arg(long, value_name = "ADDR")]
     pub rfc2217: Option<String>,
+    /// Dial out to this address (raw TCP), as a field device behind a modem does, and dial
+    /// again whenever the connection ends; stm32boot waits for it with --port listen://ADDR.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dial: Option<String>,
     /// Line rate of the chip's UART behind a TCP endpoint (RFC 2217 clients may change it).
     #[arg(long, default_value_t = 115_200, value_parser = parse_baud)]
     pub baud: u32,

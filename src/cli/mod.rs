@@ -7,4 +7,6 @@ pub mod doctor;
 pub mod ob;
 pub mod otp;
 pub mod output;
+pub mod relay;
 pub mod run;
+pub mod sim_modem;

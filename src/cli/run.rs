@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use stm32boot::device::{Device, DeviceTable, Page};
 use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
@@ -18,7 +19,9 @@ use stm32boot::ops::diagnose::{self, Failure, Operation};
 use stm32boot::ops::flash::{self, WriteOptions};
 use stm32boot::ops::option_bytes;
 use stm32boot::ops::plan::{erase_steps, EraseStep};
+use stm32boot::ops::connect::EnterCommand;
 use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
+use stm32boot::sequence::Sequence;
 use stm32boot::session::{Session, Timeouts};
 use stm32boot::sim::endpoint::{NetEndpoint, NetKind, RealClock};
 use stm32boot::sim::{pty::PtyEndpoint, ControlLine, PinDrive, SimSpec, Wire};
@@ -64,7 +67,9 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
         Cmd::Protect { conn, what } => protect(conn, what, bars),
         Cmd::Ports => ports(),
         Cmd::Devices { filter } => devices(filter.as_deref()),
+        Cmd::Relay(a) => super::relay::run(a, bars),
         Cmd::Sim(args) => sim(args, bars),
+        Cmd::SimModem(a) => super::sim_modem::run(a, bars),
         Cmd::Coeffs(a) => super::coeffs::run(a, bars),
         Cmd::Ob(a) => super::ob::run(a, bars),
         Cmd::Bank(a) => super::bank::run(a, bars),
@@ -82,10 +87,26 @@ fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
 }
 
 pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
+    // Everything the user typed is checked before the port opens.
+    let entry = match &args.before {
+        Some(text) => Sequence::parse(text, args.invert_reset, args.invert_boot0)?.entry,
+        None => Vec::new(),
+    };
     let (link, table) = open_link(args, bars)?;
-    let session = Session::new(link, Timeouts::scaled(args.timeout_scale));
+    let enter = args.enter.as_ref().map(|bytes| EnterCommand {
+        bytes: bytes.0.clone(),
+        wait: args.enter_wait,
+        line: args.enter_parity.map(|p| LineSettings {
+            baud: args.baud,
+            parity: parity(p),
+        }),
+    });
+    let mut session = Session::new(link, Timeouts::scaled(args.timeout_scale));
+    session.set_pipelining(!args.no_pipeline);
     let options = ConnectOptions {
         flash_size: args.flash_size,
+        entry,
+        enter,
     };
     Ok(connect(session, &table, &options, bars)?)
 }
@@ -105,13 +126,15 @@ pub(super) fn open_link(
     })?;
     let spec = PortSpec::parse(port)?;
     let table = table(args.device_file.as_deref())?;
+    if let PortSpec::Listen { addr, wait } = &spec {
+        bars.note(Note::Info(format!(
+            "waiting up to {} for a device to dial in on {addr}",
+            humantime::format_duration(*wait)
+        )));
+    }
     let line = LineSettings {
         baud: args.baud,
-        parity: match args.parity {
-            ParityArg::Even => Parity::Even,
-            ParityArg::None => Parity::None,
-            ParityArg::Odd => Parity::Odd,
-        },
+        parity: parity(args.parity),
     };
     let mut link = spec.open(line, &table)?;
     if let Some(level) = args.dtr {
@@ -125,6 +148,14 @@ pub(super) fn open_link(
         }
     }
     Ok((link, table))
+}
+
+fn parity(p: ParityArg) -> Parity {
+    match p {
+        ParityArg::Even => Parity::Even,
+        ParityArg::None => Parity::None,
+        ParityArg::Odd => Parity::Odd,
+    }
 }
 
 fn load_image(args: &ImageArgs) -> Result<Image> {
@@ -380,6 +411,7 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
         conn.session.go(addr)?;
         go_addr = Some(addr);
     }
+    let (link_text, link_json) = link_report(&conn, image.total_len());
     finish(conn)?;
     let verified = match report.verified {
         Some(flash::VerifyMethod::Crc) => ", verified by CRC (Get Checksum)",
@@ -401,10 +433,44 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     if let Some(a) = go_addr {
         text.push_str(&format!("\nstarted the application at 0x{a:08X}"));
     }
+    if let Some(line) = link_text {
+        text.push('\n');
+        text.push_str(&line);
+    }
     Ok(Outcome {
         text,
-        json: json!({ "file": file, "bytes": image.total_len(), "report": report, "go": go_addr }),
+        json: json!({ "file": file, "bytes": image.total_len(), "report": report, "go": go_addr, "link": link_json }),
     })
+}
+
+/// The round trips a job cost: a line for slow links (round trip of 20 ms or more), and the
+/// figures for `--json` always.
+fn link_report(conn: &Connection, bytes: u64) -> (Option<String>, serde_json::Value) {
+    let trips = conn.session.round_trips();
+    let rtt = conn.session.round_trip_time();
+    let per_kib = if bytes == 0 {
+        0.0
+    } else {
+        trips as f64 * 1024.0 / bytes as f64
+    };
+    let json = json!({
+        "round_trips": trips,
+        "round_trips_per_kib": (per_kib * 100.0).round() / 100.0,
+        "round_trip_ms": rtt.map(|d| d.as_secs_f64() * 1000.0),
+        "pipelining": conn.session.pipelining(),
+    });
+    let text = rtt.filter(|d| *d >= Duration::from_millis(20)).map(|d| {
+        format!(
+            "link: round trip {} ms; {trips} round trips ({per_kib:.2} per KiB){}",
+            d.as_millis(),
+            if conn.session.pipelining() {
+                ""
+            } else {
+                ", stop-and-wait"
+            }
+        )
+    });
+    (text, json)
 }
 
 /// Warn when an image for bank 1 goes to a dual-bank part that boots bank 2.
@@ -904,6 +970,20 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
             endpoint.path().display()
         )));
         endpoint.serve(&mut wire, &clock, &stop)?;
+    } else if let Some(addr) = &args.dial {
+        let line = LineSettings {
+            baud: args.baud,
+            parity: Parity::Even,
+        };
+        wire = Wire::new(target, spec.wire, line);
+        announce(&format!("dialling tcp://{addr}"));
+        bars.note(Note::Info(format!(
+            "simulating a {name} that dials out to {addr} ({} baud, {timing}); stop with Ctrl-C",
+            args.baud
+        )));
+        stm32boot::sim::endpoint::dial(addr, &mut wire, &clock, &stop, &mut |event| {
+            bars.note(Note::Info(event))
+        })?;
     } else {
         let (addr, kind, scheme) = match (&args.tcp, &args.rfc2217) {
             (Some(a), _) => (a, NetKind::Tcp, "tcp"),

@@ -3,15 +3,89 @@
 
 use crate::device::{Device, DeviceTable};
 use crate::error::{Error, Result};
+use crate::link::{LineSettings, LineStep, LinkError};
 use crate::ops::progress::{Note, Progress};
 use crate::protocol::Command;
 use crate::session::{BootloaderInfo, Session};
+use std::time::Duration;
 
 /// Options for [`connect`].
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// Use this flash size instead of the table's or the chip's (`--flash-size`).
     pub flash_size: Option<u32>,
+    /// Reset and boot-entry steps on DTR/RTS, run before the first 0x7F (`--before`).
+    pub entry: Vec<LineStep>,
+    /// An application command that makes the firmware jump to its bootloader (`--enter`).
+    pub enter: Option<EnterCommand>,
+}
+
+/// Entering the bootloader through the running application (`--enter`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnterCommand {
+    /// The bytes the application takes as "jump to the bootloader".
+    pub bytes: Vec<u8>,
+    /// How long the application may talk before the first 0x7F; what it says meanwhile is
+    /// kept for the error message if the bootloader does not answer.
+    pub wait: Duration,
+    /// Line settings the application's console uses, when not the bootloader's 8E1.
+    pub line: Option<LineSettings>,
+}
+
+/// The most of the application's reply kept for messages.
+const APP_REPLY_MAX: usize = 256;
+
+/// Send the application's entry command and collect what it answers within its wait.
+fn enter_through_application(session: &mut Session, enter: &EnterCommand) -> Result<Vec<u8>> {
+    let link = session.link_mut();
+    let bootloader_line = link.line();
+    if let Some(line) = enter.line {
+        link.set_line(line)?;
+    }
+    link.discard_input()?;
+    link.write_all(&enter.bytes)?;
+    let mut reply = Vec::new();
+    let deadline = link.now() + enter.wait;
+    let mut buf = [0u8; 64];
+    loop {
+        let left = deadline.saturating_sub(link.now());
+        if left.is_zero() {
+            break;
+        }
+        match link.read(&mut buf, left) {
+            Ok(n) => {
+                let room = APP_REPLY_MAX.saturating_sub(reply.len());
+                reply.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(LinkError::Timeout(_)) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if enter.line.is_some() {
+        link.set_line(bootloader_line)?;
+    }
+    Ok(reply)
+}
+
+/// What to check when the bootloader did not answer after `--enter`.
+fn enter_hint(reply: &[u8]) -> String {
+    if reply.is_empty() {
+        return "nothing answered the entry string and no bootloader answered 0x7F: check that \
+                the application is running and listens on this UART at this baud rate and \
+                parity (--enter-parity), and the string itself (\\r, \\n and \\xNN escapes \
+                are understood)"
+            .into();
+    }
+    let text: String = String::from_utf8_lossy(reply)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!(
+        "the application answered \"{}\", not the bootloader: it took the entry string as an \
+         ordinary command (check the string and that this firmware has a bootloader entry \
+         command), or it needs longer to jump (--enter-wait)",
+        text.trim()
+    )
 }
 
 /// A session with an identified chip.
@@ -74,7 +148,33 @@ pub fn connect(
     options: &ConnectOptions,
     progress: &mut dyn Progress,
 ) -> Result<Connection> {
-    let info = session.connect()?.clone();
+    if !options.entry.is_empty() {
+        session.link_mut().run_steps(&options.entry)?;
+    }
+    let reply = match &options.enter {
+        Some(enter) => Some(enter_through_application(&mut session, enter)?),
+        None => None,
+    };
+    let info = match (session.connect(), reply) {
+        (Ok(info), _) => info.clone(),
+        (
+            Err(Error::NoSync {
+                link,
+                attempts,
+                stray_bytes,
+                ..
+            }),
+            Some(reply),
+        ) => {
+            return Err(Error::NoSync {
+                link,
+                attempts,
+                stray_bytes,
+                hint: enter_hint(&reply),
+            })
+        }
+        (Err(e), _) => return Err(e),
+    };
     if session.stray_bytes() > 0 {
         progress.note(Note::Info(format!(
             "ignored {} stray bytes before the bootloader's first ACK",

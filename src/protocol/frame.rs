@@ -85,6 +85,18 @@ impl Command {
         Command::ALL.iter().copied().find(|c| c.code() == code)
     }
 
+    /// Whether bytes sent ahead of an ACK can be left over safely. When a command or address
+    /// phase is NACKed, the bootloader reads the bytes already sent after it as new commands
+    /// (links.md §10.3). They are harmless only if no two adjacent bytes form a command and its
+    /// complement: then every misread pair is NACKed, whatever byte a loss shifted the parse
+    /// to, and the last byte, left waiting for its partner, is paired with the 0x7F of a
+    /// re-sync (0x80 is no command).
+    pub fn misparse_safe(leftover: &[u8]) -> bool {
+        !leftover
+            .windows(2)
+            .any(|w| w[1] == !w[0] && Command::from_code(w[0]).is_some())
+    }
+
     /// The two bytes that open the command: the code and its complement.
     pub fn frame(self) -> [u8; 2] {
         [self.code(), !self.code()]
@@ -335,6 +347,27 @@ impl GetReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misparse_safety_of_leftover_bytes() {
+        // A 256-aligned flash address and its checksum: no command pair at any offset.
+        assert!(Command::misparse_safe(&[0x08, 0x00, 0x12, 0x00, 0x1A]));
+        // links.md §10.3: 0x0800738C holds 73 8C (Write Unprotect).
+        assert!(!Command::misparse_safe(&[0x08, 0x00, 0x73, 0x8C, 0xF7]));
+        // The dangerous pairs anywhere in a data frame.
+        for pair in [[0x82, 0x7D], [0x73, 0x8C], [0x92, 0x6D]] {
+            let mut frame = vec![0x03, 0x10, 0x20];
+            frame.extend_from_slice(&pair);
+            assert!(!Command::misparse_safe(&frame), "{pair:02X?}");
+        }
+        // A count byte and its complement form a command pair when N is a command code
+        // (0x11 = Read Memory), but not for a 256-byte read (FF 00).
+        assert!(!Command::misparse_safe(&[0x11, 0xEE]));
+        assert!(Command::misparse_safe(&[0xFF, 0x00]));
+        // A complement pair whose first byte is no command is harmless (it is NACKed).
+        assert!(Command::misparse_safe(&[0x80, 0x7F, 0x55]));
+        assert!(Command::misparse_safe(&[]));
+    }
 
     #[test]
     fn complements_match_an3155_table() {

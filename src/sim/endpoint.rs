@@ -349,3 +349,47 @@ impl NetEndpoint {
         Ok(())
     }
 }
+
+/// How long a dialling device waits between attempts to reach its server.
+const REDIAL: Duration = Duration::from_millis(500);
+
+/// Serve the wire as a field device that dials out: connect to `addr` (raw TCP), serve the
+/// connection, and dial again whenever it ends (or while the server is not there yet), until
+/// `stop` is set. `on_event` hears of connections, refusals and disconnections.
+pub fn dial(
+    addr: &str,
+    wire: &mut Wire,
+    clock: &RealClock,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(String),
+) -> Result<()> {
+    let mut told = false;
+    while !stop.load(Ordering::Relaxed) {
+        wire.advance(clock.now());
+        let stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                if !told {
+                    on_event(format!("{addr} does not answer yet ({e}); redialling"));
+                    told = true;
+                }
+                std::thread::sleep(REDIAL);
+                continue;
+            }
+        };
+        told = false;
+        on_event(format!("connected to {addr}"));
+        wire.purge(clock.now(), true, false);
+        let ended = serve(wire, clock, &mut TcpConnection::new(stream)?, stop)?;
+        match ended {
+            Ended::Cut => {
+                on_event(format!("link to {addr} cut (injected fault)"));
+                wire.reconnect();
+            }
+            Ended::Disconnected => on_event(format!("{addr} hung up")),
+            Ended::Stopped => {}
+        }
+        std::thread::sleep(REDIAL);
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@
 
 pub mod chip;
 pub mod endpoint;
+pub mod modem;
 pub mod options;
 pub mod pty;
 pub mod state;

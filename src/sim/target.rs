@@ -147,6 +147,8 @@ pub struct Target {
     boot0_pin: bool,
     app_magic: Option<Vec<u8>>,
     app_seen: Vec<u8>,
+    /// Bytes of the application console's current line.
+    app_line: usize,
     boot_output: Vec<u8>,
     op_fault: Option<OpFault>,
     writes_seen: u64,
@@ -177,6 +179,7 @@ impl Target {
             pid,
             boot0_pin: true,
             app_magic: None,
+            app_line: 0,
             app_seen: Vec::new(),
             boot_output: Vec::new(),
             op_fault: None,
@@ -358,7 +361,9 @@ impl Target {
         }
     }
 
-    fn app_byte(&mut self, byte: u8) {
+    /// The application's console: it jumps to the ROM on its magic string and answers any
+    /// other line with an error, as field firmware with a command console does.
+    fn app_byte(&mut self, byte: u8, out: &mut Vec<u8>) {
         let Some(magic) = &self.app_magic else {
             return;
         };
@@ -371,11 +376,19 @@ impl Target {
             // The firmware jumps to the ROM, which starts unsynced (and, at level 2, answers
             // only Get, Get Version and Get ID).
             self.app_seen.clear();
+            self.app_line = 0;
             self.booted_bank = None;
             self.autobaud = None;
             self.mode = Mode::BootloaderUnsynced;
             self.rx = Rx::Command;
             self.effects.restarted = true;
+        } else if matches!(byte, b'\r' | b'\n') {
+            if self.app_line > 0 {
+                out.extend_from_slice(b"ERROR unknown command\r\n");
+            }
+            self.app_line = 0;
+        } else {
+            self.app_line += 1;
         }
     }
 
@@ -421,7 +434,7 @@ impl Target {
     /// Feed one received byte; replies go to `out`.
     pub fn feed(&mut self, byte: u8, out: &mut Vec<u8>) {
         match self.mode {
-            Mode::Application { .. } => self.app_byte(byte),
+            Mode::Application { .. } => self.app_byte(byte, out),
             Mode::Lockup | Mode::Off => {}
             Mode::BootloaderUnsynced => {
                 if byte == SYNC {
@@ -1631,6 +1644,7 @@ mod tests {
         t.set_app_magic(Some(b"BOOT".to_vec()));
         t.reset();
         assert_eq!(t.mode(), Mode::Application { entry: 0x0800_0100 });
+        talk(&mut t, &[(b"HELP\r", b"ERROR unknown command\r\n")]);
         talk(&mut t, &[(b"BOOT", &[]), (&[0x7F], &[0x79])]);
         talk(
             &mut t,

@@ -2,6 +2,8 @@
 //! target. Each implements [`crate::link::Link`] and knows nothing of AN3155. [`PortSpec`] parses
 //! `--port` and opens the matching transport.
 
+pub mod modem;
+pub mod relay;
 pub mod rfc2217;
 pub mod serial;
 pub mod sim;
@@ -23,12 +25,61 @@ pub enum PortSpec {
     Tcp(String),
     /// An RFC 2217 serial bridge (`rfc2217://host:port`): `host:port`.
     Rfc2217(String),
+    /// An AT modem on a serial port, dialled into a transparent TCP connection
+    /// (`modem:/dev/ttyUSB2?profile=telit&apn=…&host=…&port=…`).
+    Modem(Box<modem::ModemSpec>),
+    /// Wait for a device that dials out to us (`listen://addr:port[?wait=5m]`), then a raw
+    /// TCP byte pipe.
+    Listen {
+        /// `addr:port` to listen on.
+        addr: String,
+        /// How long to wait for the device.
+        wait: std::time::Duration,
+    },
+    /// A serial port shared by `stm32boot relay` (`relay://host:port[?key_file=PATH]`):
+    /// authenticated with the pre-shared key, then RFC 2217.
+    Relay(relay::RelayTarget),
+    /// Wait for `stm32boot relay --connect` to dial in
+    /// (`relay-listen://addr:port[?wait=DURATION&key_file=PATH]`), then as [`PortSpec::Relay`].
+    RelayListen(relay::RelayTarget),
+}
+
+/// How long `listen://` waits for a device by default.
+pub const LISTEN_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Split `scheme://rest` into `rest` and its `?key=value&…` query, keeping only `allowed`
+/// keys.
+fn with_query<'a>(
+    scheme: &str,
+    rest: &'a str,
+    allowed: &[&str],
+) -> Result<(&'a str, Vec<(&'a str, &'a str)>)> {
+    let Some((base, query)) = rest.split_once('?') else {
+        return Ok((rest, Vec::new()));
+    };
+    let mut pairs = Vec::new();
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if !allowed.contains(&k) {
+            return Err(Error::InvalidRequest(format!(
+                "'{scheme}://{rest}': unknown option '{k}'; {scheme}:// takes {}",
+                allowed.join(", ")
+            )));
+        }
+        pairs.push((k, v));
+    }
+    Ok((base, pairs))
 }
 
 /// The schemes `--port` accepts, for messages.
 const SUPPORTED: &str = "a serial device path (/dev/ttyUSB0, COM3), sim:PART (the simulator), \
-                         tcp://HOST:PORT (a raw TCP relay) or rfc2217://HOST:PORT (an RFC 2217 \
-                         bridge such as ser2net)";
+                         modem:PATH?profile=… (an AT modem on a serial port, dialled into \
+                         transparent mode), \
+                         tcp://HOST:PORT (a raw TCP relay), rfc2217://HOST:PORT (an RFC 2217 \
+                         bridge such as ser2net), relay://HOST:PORT (a port shared by `stm32boot \
+                         relay`), relay-listen://ADDR:PORT (wait for a relay that dials out) \
+                         or listen://ADDR:PORT (wait for a device that \
+                         dials out)";
 
 /// Check the `host:port` part of a `scheme://host:port` port and return it.
 fn host_port(scheme: &str, rest: &str) -> Result<String> {
@@ -71,10 +122,31 @@ impl PortSpec {
         if let Some(rest) = port.strip_prefix("sim:") {
             return Ok(PortSpec::Sim(Box::new(SimSpec::parse(rest)?)));
         }
+        if let Some(rest) = port.strip_prefix("modem:") {
+            return Ok(PortSpec::Modem(Box::new(modem::ModemSpec::parse(rest)?)));
+        }
         if let Some((scheme, rest)) = port.split_once("://") {
             return match scheme.to_ascii_lowercase().as_str() {
                 "tcp" => Ok(PortSpec::Tcp(host_port("tcp", rest)?)),
                 "rfc2217" => Ok(PortSpec::Rfc2217(host_port("rfc2217", rest)?)),
+                "relay" => Ok(PortSpec::Relay(relay::RelayTarget::parse("relay", rest)?)),
+                "relay-listen" => Ok(PortSpec::RelayListen(relay::RelayTarget::parse(
+                    "relay-listen",
+                    rest,
+                )?)),
+                "listen" => {
+                    let (base, query) = with_query("listen", rest, &["wait"])?;
+                    let mut wait = LISTEN_WAIT;
+                    for (_, v) in query {
+                        wait = crate::units::parse_duration(v).map_err(|e| {
+                            Error::InvalidRequest(format!("listen://{rest}: wait={v}: {e}"))
+                        })?;
+                    }
+                    Ok(PortSpec::Listen {
+                        addr: host_port("listen", base)?,
+                        wait,
+                    })
+                }
                 _ => Err(Error::InvalidRequest(format!(
                     "'{scheme}://' ports are not supported: use {SUPPORTED}"
                 ))),
@@ -96,6 +168,12 @@ impl PortSpec {
             PortSpec::Sim(spec) => Ok(Box::new(sim::SimLink::new((**spec).clone(), table, line)?)),
             PortSpec::Tcp(addr) => Ok(Box::new(tcp::TcpLink::connect(addr, line)?)),
             PortSpec::Rfc2217(addr) => Ok(Box::new(rfc2217::Rfc2217Link::connect(addr, line)?)),
+            PortSpec::Modem(spec) => Ok(Box::new(modem::ModemLink::open(spec, line)?)),
+            PortSpec::Relay(target) => Ok(Box::new(relay::RelayLink::connect(target, line)?)),
+            PortSpec::RelayListen(target) => Ok(Box::new(relay::RelayLink::listen(target, line)?)),
+            PortSpec::Listen { addr, wait } => {
+                Ok(Box::new(tcp::TcpLink::accept(addr, *wait, line)?))
+            }
         }
     }
 }
@@ -137,6 +215,74 @@ mod tests {
     }
 
     #[test]
+    fn listen_ports() {
+        assert_eq!(
+            PortSpec::parse("listen://0.0.0.0:5000").expect("test setup"),
+            PortSpec::Listen {
+                addr: "0.0.0.0:5000".into(),
+                wait: LISTEN_WAIT
+            }
+        );
+        assert_eq!(
+            PortSpec::parse("listen://127.0.0.1:5000?wait=20s").expect("test setup"),
+            PortSpec::Listen {
+                addr: "127.0.0.1:5000".into(),
+                wait: std::time::Duration::from_secs(20)
+            }
+        );
+        assert!(parse_error("listen://127.0.0.1:5000?timeout=1s").contains("unknown option"));
+        assert!(parse_error("listen://127.0.0.1:5000?wait=soon").contains("wait=soon"));
+        assert!(parse_error("listen://127.0.0.1").contains("no port"));
+    }
+
+    #[test]
+    fn modem_ports() {
+        match PortSpec::parse("modem:/dev/ttyUSB2?profile=telit&apn=internet&host=h&port=7000")
+            .expect("test setup")
+        {
+            PortSpec::Modem(spec) => {
+                assert_eq!(spec.path, "/dev/ttyUSB2");
+                assert_eq!(spec.profile, modem::Profile::Telit);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse_error("modem:/dev/ttyUSB2").contains("profile="));
+        assert!(parse_error("telnet://host:23").contains("modem:PATH?profile="));
+    }
+
+    #[test]
+    fn relay_ports() {
+        let target = |addr: &str, key_file: Option<&str>, wait: Option<u64>| relay::RelayTarget {
+            addr: addr.into(),
+            key_file: key_file.map(Into::into),
+            wait: wait.map(std::time::Duration::from_secs),
+        };
+        assert_eq!(
+            PortSpec::parse("relay://gw.example:7000").expect("test setup"),
+            PortSpec::Relay(target("gw.example:7000", None, None))
+        );
+        assert_eq!(
+            PortSpec::parse("relay://[::1]:7000?key_file=/etc/relay.key").expect("test setup"),
+            PortSpec::Relay(target("[::1]:7000", Some("/etc/relay.key"), None))
+        );
+        assert_eq!(
+            PortSpec::parse("relay-listen://0.0.0.0:7001?wait=90s").expect("test setup"),
+            PortSpec::RelayListen(target("0.0.0.0:7001", None, Some(90)))
+        );
+        let secret = parse_error("relay://h:7000?key=0123456789abcdef");
+        assert!(secret.contains("key_file"), "{secret}");
+        assert!(!secret.contains("0123456789abcdef"), "{secret}");
+        assert!(parse_error("relay://h:7000?wait=5s").contains("unknown"));
+        assert!(parse_error("relay://h").contains("no port"));
+        assert!(parse_error("relay-listen://h:0").contains("port 0"));
+        let other = parse_error("telnet://host:23");
+        assert!(
+            other.contains("relay://") && other.contains("relay-listen://"),
+            "{other}"
+        );
+    }
+
+    #[test]
     fn network_port_errors() {
         assert!(parse_error("tcp://").contains("no host and port"));
         assert!(parse_error("tcp://host").contains("no port"));
@@ -148,7 +294,7 @@ mod tests {
         assert!(parse_error("tcp://::1:7000").contains("brackets"));
         assert!(parse_error("tcp://host:7000/path").contains("only a host and a port"));
         let other = parse_error("telnet://host:23");
-        for scheme in ["sim:", "tcp://", "rfc2217://", "serial device path"] {
+        for scheme in ["sim:", "tcp://", "rfc2217://", "listen://", "serial device path"] {
             assert!(other.contains(scheme), "{other}");
         }
     }

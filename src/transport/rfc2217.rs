@@ -121,7 +121,13 @@ pub struct Rfc2217Link {
     read_timeout: Option<Duration>,
     /// The peer closed its side.
     eof: bool,
+    /// Signatures the bridge sent (the relay's vendor replies), oldest first, at most
+    /// [`SIGNATURES_KEPT`].
+    signatures: VecDeque<Vec<u8>>,
 }
+
+/// How many unread signatures [`Rfc2217Link`] keeps.
+const SIGNATURES_KEPT: usize = 16;
 
 impl Rfc2217Link {
     /// Connect to the bridge at `addr` (`host:port`), negotiate RFC 2217 and set the line to
@@ -145,6 +151,19 @@ impl Rfc2217Link {
     ) -> Result<Rfc2217Link, LinkError> {
         let port = format!("rfc2217://{addr}");
         let stream = connect(addr, &port)?;
+        Rfc2217Link::over_stream(stream, addr, &port, line, negotiate_timeout)
+    }
+
+    /// [`Rfc2217Link::connect_with`] over a stream that is already connected (and, for the
+    /// relay transport, authenticated); `port` is the port as the user gave it, for messages.
+    pub(crate) fn over_stream(
+        stream: TcpStream,
+        addr: &str,
+        port: &str,
+        line: LineSettings,
+        negotiate_timeout: Duration,
+    ) -> Result<Rfc2217Link, LinkError> {
+        let port = port.to_string();
         stream
             .set_write_timeout(Some(WRITE_SLICE))
             .map_err(|e| LinkError::Open {
@@ -163,6 +182,7 @@ impl Rfc2217Link {
             unknown_replies: 0,
             read_timeout: None,
             eof: false,
+            signatures: VecDeque::new(),
         };
         link.negotiate(negotiate_timeout)
             .map_err(|reason| LinkError::Open { port, reason })?;
@@ -330,6 +350,12 @@ impl Rfc2217Link {
                         self.purges_pending = self.purges_pending.saturating_sub(1);
                     }
                     Event::Unknown(_) => self.unknown_replies += 1,
+                    Event::Signature(text) => {
+                        if self.signatures.len() >= SIGNATURES_KEPT {
+                            self.signatures.pop_front();
+                        }
+                        self.signatures.push_back(text.as_bytes().to_vec());
+                    }
                     other => tracing::trace!("rfc2217://{}: {other:?}", self.addr),
                 }
             }
@@ -430,6 +456,41 @@ impl Rfc2217Link {
                     self.pump()?;
                 }
                 Err(e) => return Err(self.io_error("writing to", e)),
+            }
+        }
+    }
+
+    /// Send a COM-PORT-OPTION subnegotiation the `rfc2217` client has no call for (the relay's
+    /// vendor requests), in order with the data and commands queued before it.
+    pub(crate) fn send_com_port(&mut self, command: u8, payload: &[u8]) -> Result<(), LinkError> {
+        let queued = self.client.take_output();
+        self.out.extend_from_slice(&queued);
+        self.out.extend_from_slice(&[0xFF, 0xFA, 0x2C, command]);
+        for &b in payload {
+            self.out.push(b);
+            if b == 0xFF {
+                self.out.push(0xFF);
+            }
+        }
+        self.out.extend_from_slice(&[0xFF, 0xF0]);
+        self.flush()
+    }
+
+    /// The oldest signature the bridge has sent and not taken yet, waiting at most `timeout`
+    /// for one; serial data that arrives meanwhile is kept for [`Link::read`].
+    pub(crate) fn next_signature(&mut self, timeout: Duration) -> Result<Vec<u8>, LinkError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(text) = self.signatures.pop_front() {
+                return Ok(text);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(LinkError::Timeout(timeout));
+            }
+            match self.fill(remaining) {
+                Ok(()) | Err(LinkError::Timeout(_)) => {}
+                Err(e) => return Err(e),
             }
         }
     }

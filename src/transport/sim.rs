@@ -210,6 +210,10 @@ impl Link for SimLink {
         self.advance_to(t);
     }
 
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.clock)
+    }
+
     fn describe(&self) -> String {
         format!(
             "simulated {} (sim:{})",

@@ -150,6 +150,56 @@ impl TcpLink {
         })
     }
 
+    /// Wait on `addr` (`host:port`) for a device that dials out to us, at most `wait`, and
+    /// take the first connection. `line` is what the device's UART runs at (recorded only).
+    pub fn accept(addr: &str, wait: Duration, line: LineSettings) -> Result<TcpLink, LinkError> {
+        let port = format!("listen://{addr}");
+        let open_error = |reason: String| LinkError::Open {
+            port: port.clone(),
+            reason,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+            open_error(format!(
+                "cannot listen on {addr} ({e}): check that the address is this host's and the \
+                 port is free"
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| open_error(format!("cannot configure the listener: {e}")))?;
+        let deadline = Instant::now() + wait;
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Ok(x) => break x,
+                Err(e) if is_would_block(&e) || e.kind() == ErrorKind::Interrupted => {
+                    if Instant::now() >= deadline {
+                        return Err(open_error(format!(
+                            "no device dialled in within {}: check the device's server address \
+                             and port, that this host is reachable from its network (NAT, \
+                             firewall), and that it is due to call (raise ?wait=)",
+                            humantime::format_duration(wait)
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(open_error(format!("accepting a connection: {e}"))),
+            }
+        };
+        let setup = |e: std::io::Error| open_error(format!("configuring the connection: {e}"));
+        stream.set_nonblocking(false).map_err(setup)?;
+        stream.set_nodelay(true).map_err(setup)?;
+        stream
+            .set_write_timeout(Some(WRITE_TIMEOUT))
+            .map_err(setup)?;
+        Ok(TcpLink {
+            stream,
+            addr: peer.to_string(),
+            line,
+            read_timeout: None,
+            eof: false,
+        })
+    }
+
     /// The address connected to, as given (`host:port`).
     pub fn addr(&self) -> &str {
         &self.addr
