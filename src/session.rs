@@ -531,17 +531,25 @@ impl Session {
             ));
         }
         self.require(cmd)?;
-        self.command(cmd)?;
         let ack = self.timeouts.ack;
-        self.field(cmd, Phase::Address, &protocol::u32_field(address), ack)?;
-        self.field(cmd, Phase::Size, &protocol::u32_field(words), ack)?;
-        self.field(
-            cmd,
-            Phase::Polynomial,
-            &protocol::u32_field(polynomial),
-            ack,
-        )?;
-        self.field(cmd, Phase::Init, &protocol::u32_field(init), ack)?;
+        let fields = [
+            (Phase::Address, protocol::u32_field(address)),
+            (Phase::Size, protocol::u32_field(words)),
+            (Phase::Polynomial, protocol::u32_field(polynomial)),
+            (Phase::Init, protocol::u32_field(init)),
+        ];
+        let ahead: Vec<u8> = fields.iter().flat_map(|(_, f)| *f).collect();
+        if self.may_pipeline(&ahead) {
+            self.send(&[&cmd.frame()[..], &ahead].concat())?;
+            let mut phases = vec![(Phase::Command, ack)];
+            phases.extend(fields.iter().map(|(p, _)| (*p, ack)));
+            self.pipelined_acks(cmd, &phases)?;
+        } else {
+            self.command(cmd)?;
+            for (phase, field) in &fields {
+                self.field(cmd, *phase, field, ack)?;
+            }
+        }
         // The CRC unit runs at about a word per clock; allow 1 s per MiB on top.
         let work = ack + Duration::from_secs(1).mul_f64(f64::from(words) / 262_144.0);
         self.expect_ack(cmd, Phase::Completion, work)?;

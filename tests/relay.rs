@@ -10,7 +10,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use stm32boot::relay::auth::{self, Key, LineReader, RelayLine, Response};
+use stm32boot::relay::auth::{self, Direction, Key, LineReader, RelayLine, Response};
 
 const FLASH: u32 = 0x0800_0000;
 const KEY: &str = "7f3a9c1e5b2d8f4061a7c3e9b5d1f2a8c4e6b0d9f3a7c5e1";
@@ -261,12 +261,12 @@ fn authenticate(s: &mut TcpStream, key: &Key) -> String {
         panic!("no challenge");
     };
     let client_nonce = auth::fresh_nonce().expect("test setup");
-    let answer = Response::new(key, &relay_nonce, client_nonce).encode();
+    let answer = Response::new(key, Direction::ToRelay, &relay_nonce, client_nonce).encode();
     s.write_all(answer.as_bytes()).expect("test setup");
     match read_relay_line(s) {
         Some(RelayLine::Ok(tag)) => {
             assert!(
-                key.verify_relay(&relay_nonce, &client_nonce, &tag),
+                key.verify_relay(Direction::ToRelay, &relay_nonce, &client_nonce, &tag),
                 "the relay's proof"
             );
         }

@@ -45,12 +45,22 @@ pub struct RelayArgs {
     pub once: bool,
 
     /// How long a client has to complete the handshake.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
     pub handshake_timeout: Duration,
 
     /// How long a peer that failed to authenticate is refused; doubled for each further
     /// failure, up to 10 minutes.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
     pub auth_backoff: Duration,
 }
 

@@ -1016,6 +1016,7 @@ fn sim(args: &SimArgs, bars: &mut Bars) -> Result<Outcome> {
             "stopped": true,
             "bytes_to_device": stats.to_device,
             "bytes_to_host": stats.to_host,
+            "round_trips": stats.round_trips,
             "overruns": stats.overruns,
             "flash_time_ms": stats.flash_time.as_secs_f64() * 1000.0,
             "line": { "baud": wire.line().baud, "bits_per_char": wire.line().parity.bits_per_char() },

@@ -18,9 +18,10 @@
 //! | client → relay | `STM32BOOT-RELAY/1 RESPONSE <Cn> <HMAC-SHA256(K, "stm32boot-relay/1 client-proof" 00 Sn Cn)>` |
 //! | relay → client | `STM32BOOT-RELAY/1 OK <HMAC-SHA256(K, "stm32boot-relay/1 relay-proof" 00 Sn Cn)>` (or `DENIED` / `BUSY`, then the relay closes) |
 //!
-//! RFC 2217 starts right after the `OK` line, on the same connection. The roles do not depend on
-//! who opened the TCP connection: the relay always sends the challenge, also when it dials out
-//! (`stm32boot relay --connect`) to a client waiting on `relay-listen://`.
+//! RFC 2217 starts right after the `OK` line, on the same connection. The relay always sends the
+//! challenge, also when it dials out (`stm32boot relay --connect`) to a client waiting on
+//! `relay-listen://`; the labels then read `dial-out client-proof` and `dial-out relay-proof`
+//! ([`Direction`]).
 //!
 //! Properties:
 //! - the relay's nonce is fresh for every connection, so a recorded answer fails on the next one
@@ -29,6 +30,10 @@
 //!   (reflection), and a client that echoes the relay's nonce as its own is refused;
 //! - the relay's tag covers the client's fresh nonce, so the client knows that it reached a
 //!   relay holding the key, not a recording of one;
+//! - the direction is bound into the tags: a client waiting on `relay-listen://` answers the
+//!   challenge of whoever connects to it, and what it answers is only valid for a relay that
+//!   dials out, which accepts no connections, never for a listening relay. It cannot be used as
+//!   an oracle against a relay sharing the key;
 //! - tags are compared in constant time (`verify_slice`).
 //!
 //! The handshake authenticates the two ends; it does not encrypt or protect what follows. On an
@@ -64,11 +69,31 @@ pub const PROTOCOL: &str = "STM32BOOT-RELAY/1";
 /// The longest handshake line accepted, `\n` included.
 pub const MAX_LINE: usize = 192;
 
-/// The label of the client's tag.
-const CLIENT_LABEL: &[u8] = b"stm32boot-relay/1 client-proof";
+/// Who opened the connection the handshake runs on. It is bound into both tags, so that an
+/// answer made for one direction is worthless in the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client connected to a listening relay (`relay://`).
+    ToRelay,
+    /// The relay dialled out to a waiting client (`relay --connect`, `relay-listen://`).
+    FromRelay,
+}
 
-/// The label of the relay's tag.
-const RELAY_LABEL: &[u8] = b"stm32boot-relay/1 relay-proof";
+impl Direction {
+    /// The labels of the client's and the relay's tags.
+    fn labels(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Direction::ToRelay => (
+                b"stm32boot-relay/1 client-proof",
+                b"stm32boot-relay/1 relay-proof",
+            ),
+            Direction::FromRelay => (
+                b"stm32boot-relay/1 dial-out client-proof",
+                b"stm32boot-relay/1 dial-out relay-proof",
+            ),
+        }
+    }
+}
 
 /// A nonce: 32 random bytes.
 pub type Nonce = [u8; NONCE_LEN];
@@ -122,7 +147,10 @@ impl Key {
         let shown = path.display();
         let meta = std::fs::metadata(path).map_err(|e| {
             Error::io(
-                format!("reading the relay key file {shown} (check the path given with --key-file, ?key_file= or {KEY_FILE_ENV})"),
+                format!(
+                    "reading the relay key file {shown} (check the path given with --key-file, \
+                     ?key_file= or {KEY_FILE_ENV})"
+                ),
                 e,
             )
         })?;
@@ -173,32 +201,46 @@ impl Key {
         mac
     }
 
-    /// The client's tag: HMAC-SHA256(key, `"stm32boot-relay/1 client-proof" 00 Sn Cn`).
-    pub fn client_tag(&self, relay_nonce: &Nonce, client_nonce: &Nonce) -> Tag {
-        self.tagged(CLIENT_LABEL, relay_nonce, client_nonce)
+    /// The client's tag: HMAC-SHA256(key, `"stm32boot-relay/1 client-proof" 00 Sn Cn`), with
+    /// `dial-out client-proof` for [`Direction::FromRelay`].
+    pub fn client_tag(&self, dir: Direction, relay_nonce: &Nonce, client_nonce: &Nonce) -> Tag {
+        self.tagged(dir.labels().0, relay_nonce, client_nonce)
             .finalize()
             .into_bytes()
             .into()
     }
 
-    /// The relay's tag: HMAC-SHA256(key, `"stm32boot-relay/1 relay-proof" 00 Sn Cn`).
-    pub fn relay_tag(&self, relay_nonce: &Nonce, client_nonce: &Nonce) -> Tag {
-        self.tagged(RELAY_LABEL, relay_nonce, client_nonce)
+    /// The relay's tag: HMAC-SHA256(key, `"stm32boot-relay/1 relay-proof" 00 Sn Cn`), with
+    /// `dial-out relay-proof` for [`Direction::FromRelay`].
+    pub fn relay_tag(&self, dir: Direction, relay_nonce: &Nonce, client_nonce: &Nonce) -> Tag {
+        self.tagged(dir.labels().1, relay_nonce, client_nonce)
             .finalize()
             .into_bytes()
             .into()
     }
 
     /// Whether `tag` is the client's tag for these nonces (constant time).
-    pub fn verify_client(&self, relay_nonce: &Nonce, client_nonce: &Nonce, tag: &[u8]) -> bool {
-        self.tagged(CLIENT_LABEL, relay_nonce, client_nonce)
+    pub fn verify_client(
+        &self,
+        dir: Direction,
+        relay_nonce: &Nonce,
+        client_nonce: &Nonce,
+        tag: &[u8],
+    ) -> bool {
+        self.tagged(dir.labels().0, relay_nonce, client_nonce)
             .verify_slice(tag)
             .is_ok()
     }
 
     /// Whether `tag` is the relay's tag for these nonces (constant time).
-    pub fn verify_relay(&self, relay_nonce: &Nonce, client_nonce: &Nonce, tag: &[u8]) -> bool {
-        self.tagged(RELAY_LABEL, relay_nonce, client_nonce)
+    pub fn verify_relay(
+        &self,
+        dir: Direction,
+        relay_nonce: &Nonce,
+        client_nonce: &Nonce,
+        tag: &[u8],
+    ) -> bool {
+        self.tagged(dir.labels().1, relay_nonce, client_nonce)
             .verify_slice(tag)
             .is_ok()
     }
@@ -345,9 +387,9 @@ pub struct Response {
 
 impl Response {
     /// The answer to `relay_nonce` with `client_nonce` (use [`fresh_nonce`]).
-    pub fn new(key: &Key, relay_nonce: &Nonce, client_nonce: Nonce) -> Response {
+    pub fn new(key: &Key, dir: Direction, relay_nonce: &Nonce, client_nonce: Nonce) -> Response {
         Response {
-            tag: key.client_tag(relay_nonce, &client_nonce),
+            tag: key.client_tag(dir, relay_nonce, &client_nonce),
             client_nonce,
         }
     }
@@ -404,17 +446,18 @@ pub enum AuthFailure {
 #[derive(Debug, Clone)]
 pub struct Challenge {
     nonce: Nonce,
+    dir: Direction,
 }
 
 impl Challenge {
     /// A challenge over `nonce` (use [`Challenge::fresh`] outside tests).
-    pub fn new(nonce: Nonce) -> Challenge {
-        Challenge { nonce }
+    pub fn new(nonce: Nonce, dir: Direction) -> Challenge {
+        Challenge { nonce, dir }
     }
 
     /// A challenge over a fresh random nonce.
-    pub fn fresh() -> Result<Challenge> {
-        Ok(Challenge::new(fresh_nonce()?))
+    pub fn fresh(dir: Direction) -> Result<Challenge> {
+        Ok(Challenge::new(fresh_nonce()?, dir))
     }
 
     /// The relay's nonce.
@@ -434,10 +477,10 @@ impl Challenge {
         if response.client_nonce == self.nonce {
             return Err(AuthFailure::Reflected);
         }
-        if !key.verify_client(&self.nonce, &response.client_nonce, &response.tag) {
+        if !key.verify_client(self.dir, &self.nonce, &response.client_nonce, &response.tag) {
             return Err(AuthFailure::WrongProof);
         }
-        Ok(RelayLine::Ok(key.relay_tag(&self.nonce, &response.client_nonce)).encode())
+        Ok(RelayLine::Ok(key.relay_tag(self.dir, &self.nonce, &response.client_nonce)).encode())
     }
 }
 
@@ -518,6 +561,7 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Direction::{FromRelay, ToRelay};
 
     fn key() -> Key {
         Key::from_bytes(b"0123456789abcdef0123456789abcdef\n", "a test").expect("test setup")
@@ -551,35 +595,60 @@ mod tests {
         let sn = [0x11u8; 32];
         let cn = [0x22u8; 32];
         assert_eq!(
-            hex(&k.client_tag(&sn, &cn)),
+            hex(&k.client_tag(ToRelay, &sn, &cn)),
             "8164c47b7c6ac9daeffea0553982007b2755f9e926c4086f1a28a1a90f4656b6"
         );
         assert_eq!(
-            hex(&k.relay_tag(&sn, &cn)),
+            hex(&k.relay_tag(ToRelay, &sn, &cn)),
             "30a76ad4eed8d41e17624956016a56f9cb3fbdde556c051d42a520ecfdb0c4b1"
         );
+        assert_eq!(
+            hex(&k.client_tag(FromRelay, &sn, &cn)),
+            "059c9ec05967fc2c7f12a5afdae7cdc48a8fba98f172e045abf32cec7d426a7b"
+        );
+        assert_eq!(
+            hex(&k.relay_tag(FromRelay, &sn, &cn)),
+            "167f93cb6e564295381ffd3ef88d5d34d7f82d797c5cb5c8bc5f25fad14e6266"
+        );
+    }
+
+    #[test]
+    fn an_answer_for_one_direction_fails_in_the_other() {
+        let k = key();
+        // What a client waiting on relay-listen:// answers to whoever connects to it...
+        let oracle = Response::new(&k, FromRelay, &[4; 32], [5; 32]);
+        // ...does not open a listening relay that sent the same challenge.
+        assert_eq!(
+            Challenge::new([4; 32], ToRelay).check(&k, oracle.encode().trim_end()),
+            Err(AuthFailure::WrongProof)
+        );
+        assert!(Challenge::new([4; 32], FromRelay)
+            .check(&k, oracle.encode().trim_end())
+            .is_ok());
+        let tag = k.relay_tag(ToRelay, &[4; 32], &[5; 32]);
+        assert!(!k.verify_relay(FromRelay, &[4; 32], &[5; 32], &tag));
     }
 
     #[test]
     fn the_right_answer_passes_and_proves_the_relay() {
         let k = key();
-        let challenge = Challenge::new([7; 32]);
+        let challenge = Challenge::new([7; 32], ToRelay);
         let greeting = read_line(challenge.line().as_bytes())
             .expect("test setup")
             .expect("test setup");
         let RelayLine::Challenge(sn) = RelayLine::parse(&greeting).expect("test setup") else {
             panic!("not a challenge: {greeting}");
         };
-        let answer = Response::new(&k, &sn, [9; 32]);
+        let answer = Response::new(&k, ToRelay, &sn, [9; 32]);
         let ok = challenge
             .check(&k, answer.encode().trim_end())
             .expect("the right answer passes");
         let RelayLine::Ok(tag) = RelayLine::parse(ok.trim_end()).expect("test setup") else {
             panic!("not OK: {ok}");
         };
-        assert!(k.verify_relay(&sn, &[9; 32], &tag));
+        assert!(k.verify_relay(ToRelay, &sn, &[9; 32], &tag));
         // The client checks the relay's tag against its own nonce: another one fails.
-        assert!(!k.verify_relay(&sn, &[8; 32], &tag));
+        assert!(!k.verify_relay(ToRelay, &sn, &[8; 32], &tag));
     }
 
     #[test]
@@ -587,28 +656,28 @@ mod tests {
         let k = key();
         let other =
             Key::from_bytes(b"another key, 16 bytes or more", "a test").expect("test setup");
-        let challenge = Challenge::new([1; 32]);
-        let wrong = Response::new(&other, &[1; 32], [2; 32]).encode();
+        let challenge = Challenge::new([1; 32], ToRelay);
+        let wrong = Response::new(&other, ToRelay, &[1; 32], [2; 32]).encode();
         assert_eq!(
             challenge.check(&k, wrong.trim_end()),
             Err(AuthFailure::WrongProof)
         );
-        let mut tampered = Response::new(&k, &[1; 32], [2; 32]);
+        let mut tampered = Response::new(&k, ToRelay, &[1; 32], [2; 32]);
         tampered.tag[31] ^= 1;
         assert_eq!(
             challenge.check(&k, tampered.encode().trim_end()),
             Err(AuthFailure::WrongProof)
         );
         // A good answer to one challenge fails on the next.
-        let recorded = Response::new(&k, &[1; 32], [2; 32]).encode();
+        let recorded = Response::new(&k, ToRelay, &[1; 32], [2; 32]).encode();
         assert!(challenge.check(&k, recorded.trim_end()).is_ok());
-        let next = Challenge::new([3; 32]);
+        let next = Challenge::new([3; 32], ToRelay);
         assert_eq!(
             next.check(&k, recorded.trim_end()),
             Err(AuthFailure::WrongProof)
         );
         // The relay's own tag is not a client tag.
-        let relay_tag = k.relay_tag(&[1; 32], &[2; 32]);
+        let relay_tag = k.relay_tag(ToRelay, &[1; 32], &[2; 32]);
         let reflected_tag = Response {
             client_nonce: [2; 32],
             tag: relay_tag,
@@ -617,7 +686,7 @@ mod tests {
             challenge.check(&k, reflected_tag.encode().trim_end()),
             Err(AuthFailure::WrongProof)
         );
-        let reflected_nonce = Response::new(&k, &[1; 32], [1; 32]);
+        let reflected_nonce = Response::new(&k, ToRelay, &[1; 32], [1; 32]);
         assert_eq!(
             challenge.check(&k, reflected_nonce.encode().trim_end()),
             Err(AuthFailure::Reflected)
@@ -627,8 +696,8 @@ mod tests {
     #[test]
     fn wrong_lengths_are_malformed() {
         let k = key();
-        let challenge = Challenge::new([1; 32]);
-        let good = Response::new(&k, &[1; 32], [2; 32]);
+        let challenge = Challenge::new([1; 32], ToRelay);
+        let good = Response::new(&k, ToRelay, &[1; 32], [2; 32]);
         let n = hex(&good.client_nonce);
         let t = hex(&good.tag);
         for bad in [
@@ -646,8 +715,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(!k.verify_client(&[1; 32], &[2; 32], &good.tag[..31]));
-        assert!(!k.verify_client(&[1; 32], &[2; 32], &[]));
+        assert!(!k.verify_client(ToRelay, &[1; 32], &[2; 32], &good.tag[..31]));
+        assert!(!k.verify_client(ToRelay, &[1; 32], &[2; 32], &[]));
     }
 
     #[test]
@@ -666,7 +735,7 @@ mod tests {
                 .expect("test setup");
             assert_eq!(RelayLine::parse(&read), Ok(line));
         }
-        let response = Response::new(&key(), &[5; 32], [6; 32]);
+        let response = Response::new(&key(), ToRelay, &[5; 32], [6; 32]);
         assert!(response.encode().len() <= MAX_LINE);
         assert_eq!(
             Response::parse(response.encode().trim_end()),
@@ -738,8 +807,8 @@ mod tests {
         std::fs::write(&path, b"  0123456789abcdef0123456789abcdef\r\n").expect("test setup");
         let from_file = Key::from_file(&path).expect("test setup");
         assert_eq!(
-            from_file.client_tag(&[1; 32], &[2; 32]),
-            key().client_tag(&[1; 32], &[2; 32])
+            from_file.client_tag(ToRelay, &[1; 32], &[2; 32]),
+            key().client_tag(ToRelay, &[1; 32], &[2; 32])
         );
         assert!(from_file.source().contains("key"));
         let missing = Key::from_file(&dir.path().join("nope")).expect_err("test setup");
@@ -752,6 +821,6 @@ mod tests {
         let a = fresh_nonce().expect("test setup");
         let b = fresh_nonce().expect("test setup");
         assert_ne!(a, b);
-        assert_ne!(Challenge::fresh().expect("test setup").nonce(), &a);
+        assert_ne!(Challenge::fresh(ToRelay).expect("test setup").nonce(), &a);
     }
 }

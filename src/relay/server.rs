@@ -1,7 +1,7 @@
 //! The relay on tokio: the accept loop or the dial-out loop, the handshake, and the RFC 2217
 //! session that bridges an authenticated client to the serial port.
 
-use super::auth::{AuthFailure, Challenge, Key, LineError, LineReader, RelayLine};
+use super::auth::{AuthFailure, Challenge, Direction, Key, LineError, LineReader, RelayLine};
 use super::limit::{Admission, RateLimiter};
 use super::seq::{self, Assembled, Assembler, Outcome};
 use super::{RelayConfig, RelayReport, StopHandle};
@@ -25,6 +25,10 @@ const SIGNATURE: &str = concat!("stm32boot relay ", env!("CARGO_PKG_VERSION"));
 
 /// Handshakes in progress at most; further connections are refused until one ends.
 const MAX_HANDSHAKES: usize = 8;
+
+/// Refusals being written at most; beyond that, refused connections are dropped without a
+/// word, so that a flood of connections cannot pile up tasks.
+const MAX_REFUSALS: usize = 64;
 
 /// How long a refusal or verdict line may take to write.
 const LINE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -320,9 +324,10 @@ async fn read_line<S: AsyncRead + Unpin>(
 pub(crate) async fn challenge_peer<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     key: &Key,
+    dir: Direction,
     timeout: Duration,
 ) -> std::result::Result<String, HandshakeFailure> {
-    let challenge = Challenge::fresh().map_err(|e| HandshakeFailure::Internal(e.to_string()))?;
+    let challenge = Challenge::fresh(dir).map_err(|e| HandshakeFailure::Internal(e.to_string()))?;
     let exchange = async {
         s.write_all(challenge.line().as_bytes())
             .await
@@ -352,6 +357,16 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, line: RelayLine) {
         }
     })
     .await;
+}
+
+/// [`refuse`] on a task of its own, if fewer than [`MAX_REFUSALS`] are running; else just close.
+fn refuse_later(slots: &Arc<tokio::sync::Semaphore>, stream: TcpStream, line: RelayLine) {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            refuse(stream, line).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Bytes moved in one session.
@@ -527,7 +542,7 @@ impl Session<'_> {
     }
 
     /// Feed what the client sent: data to the port, requests applied at their place in it.
-    async fn from_client<S, P>(
+    async fn take_from_client<S, P>(
         &mut self,
         mut input: &[u8],
         sock: &mut S,
@@ -595,7 +610,7 @@ where
                     tracing::info!("relay: {peer} closed the session");
                     break;
                 }
-                Ok(n) => fault = session.from_client(&net[..n], sock, port).await.err(),
+                Ok(n) => fault = session.take_from_client(&net[..n], sock, port).await.err(),
                 Err(e) => fault = Some(Fault::Client(e)),
             },
             r = port.read(&mut ser) => match r {
@@ -694,6 +709,7 @@ pub(super) async fn serve_listen(
     let (tx, mut rx) = mpsc::channel::<Handshake>(MAX_HANDSHAKES);
     let mut idle = vec![0u8; CHUNK];
     let mut capped = false;
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     loop {
         tokio::select! {
             _ = stop.wait() => break,
@@ -733,7 +749,9 @@ pub(super) async fn serve_listen(
                         } else if handshaking.contains(&peer.ip())
                             || handshaking.len() >= MAX_HANDSHAKES
                         {
-                            tracing::info!("relay: {peer} refused: another handshake is in progress");
+                            tracing::info!(
+                                "relay: {peer} refused: another handshake is in progress"
+                            );
                             Some(RelayLine::Busy)
                         } else {
                             None
@@ -742,7 +760,7 @@ pub(super) async fn serve_listen(
                 };
                 if let Some(line) = refusal {
                     report.refused += 1;
-                    tokio::spawn(refuse(stream, line));
+                    refuse_later(&refusals, stream, line);
                     continue;
                 }
                 tracing::debug!("relay: {peer} connected; challenging it");
@@ -750,7 +768,8 @@ pub(super) async fn serve_listen(
                 let (key, tx, timeout) = (key.clone(), tx.clone(), config.handshake_timeout);
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let result = challenge_peer(&mut stream, &key, timeout).await;
+                    let result =
+                        challenge_peer(&mut stream, &key, Direction::ToRelay, timeout).await;
                     let _ = tx.send(Handshake { stream, peer, result }).await;
                 });
             }
@@ -762,7 +781,7 @@ pub(super) async fn serve_listen(
                         report.auth_failures += 1;
                         let backoff = limiter.failed(peer.ip(), Instant::now());
                         log_failure(&peer, &failure, backoff);
-                        tokio::spawn(refuse(stream, RelayLine::Denied));
+                        refuse_later(&refusals, stream, RelayLine::Denied);
                         continue;
                     }
                     Ok(line) => line,
@@ -772,11 +791,12 @@ pub(super) async fn serve_listen(
                 let Some(mut serial) = taken else {
                     tracing::info!("relay: {peer} authenticated, but another client was first");
                     report.refused += 1;
-                    tokio::spawn(refuse(stream, RelayLine::Busy));
+                    refuse_later(&refusals, stream, RelayLine::Busy);
                     continue;
                 };
                 let mut stream = stream;
-                let sent = tokio::time::timeout(LINE_WRITE_TIMEOUT, stream.write_all(ok_line.as_bytes())).await;
+                let write = stream.write_all(ok_line.as_bytes());
+                let sent = tokio::time::timeout(LINE_WRITE_TIMEOUT, write).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     tracing::info!("relay: {peer} authenticated but went away");
                     port = Some(serial);
@@ -785,9 +805,9 @@ pub(super) async fn serve_listen(
                 tracing::info!("relay: {peer} authenticated; serving {port_name}");
                 report.sessions += 1;
                 client = Some(peer);
-                let (stop, port_name, peer_text) = (stop.clone(), port_name.clone(), peer.to_string());
+                let (stop, name, peer_text) = (stop.clone(), port_name.clone(), peer.to_string());
                 session = Some(tokio::spawn(async move {
-                    let r = run_session(&mut stream, &mut serial, &peer_text, &port_name, &stop).await;
+                    let r = run_session(&mut stream, &mut serial, &peer_text, &name, &stop).await;
                     (serial, r)
                 }));
             }
@@ -867,7 +887,12 @@ pub(super) async fn serve_connect(
         warned = false;
         dial_delay = DIAL_BACKOFF.0;
         let _ = stream.set_nodelay(true);
-        let handshake = challenge_peer(&mut stream, &config.key, config.handshake_timeout);
+        let handshake = challenge_peer(
+            &mut stream,
+            &config.key,
+            Direction::FromRelay,
+            config.handshake_timeout,
+        );
         let Some(result) = draining(&mut port, port_name, stop, handshake).await? else {
             break;
         };
@@ -920,7 +945,14 @@ pub(crate) async fn serve_one_for_test<P: Port>(
     key: &Key,
 ) -> std::result::Result<Counts, String> {
     let (mut stream, peer) = listener.accept().await.map_err(|e| e.to_string())?;
-    match challenge_peer(&mut stream, key, Duration::from_secs(10)).await {
+    match challenge_peer(
+        &mut stream,
+        key,
+        Direction::ToRelay,
+        Duration::from_secs(10),
+    )
+    .await
+    {
         Ok(line) => {
             stream
                 .write_all(line.as_bytes())

@@ -619,15 +619,15 @@ impl SimModem {
                 self.line.pop();
             }
             // V.250: characters before the "AT" prefix are ignored.
-            _ if self.line.is_empty() => {
-                if b.eq_ignore_ascii_case(&b'A') {
+            _ if self.line.len() < 2 => {
+                let want = if self.line.is_empty() { b'A' } else { b'T' };
+                if b.eq_ignore_ascii_case(&want) {
                     self.line.push(b);
-                }
-            }
-            _ if self.line.len() == 1 && !b.eq_ignore_ascii_case(&b'T') => {
-                self.line.clear();
-                if b.eq_ignore_ascii_case(&b'A') {
-                    self.line.push(b);
+                } else {
+                    self.line.clear();
+                    if b.eq_ignore_ascii_case(&b'A') {
+                        self.line.push(b);
+                    }
                 }
             }
             _ if self.line.len() < LINE_MAX => self.line.push(b),

@@ -191,6 +191,9 @@ pub struct WireStats {
     pub framing_errors: u64,
     /// Bytes lost to a parity mismatch.
     pub parity_errors: u64,
+    /// Round trips: times the host sent after bytes from the chip had reached it since its
+    /// last send (a stop-and-wait client makes one per phase, a pipelining one per command).
+    pub round_trips: u64,
 }
 
 /// Who sends bytes to the host: the ROM (8E1, at its auto-baud rate) or anything else (the
@@ -232,6 +235,8 @@ pub struct Wire {
     modem_last: u64,
     /// Chip → host: (time the byte reaches the host, byte).
     outbound: VecDeque<(u64, u8)>,
+    /// Bytes reached the host since its last send (for [`WireStats::round_trips`]).
+    replied: bool,
     dtr: bool,
     rts: bool,
     in_reset: bool,
@@ -274,6 +279,7 @@ impl Wire {
             modem: Vec::new(),
             modem_last: 0,
             outbound: VecDeque::new(),
+            replied: false,
             dtr: false,
             rts: false,
             in_reset: !nrst,
@@ -390,6 +396,10 @@ impl Wire {
     /// The host sends `bytes` at time `t`.
     pub fn host_send(&mut self, t: u64, bytes: &[u8]) {
         self.advance(t);
+        if self.replied && !bytes.is_empty() {
+            self.replied = false;
+            self.stats.round_trips += 1;
+        }
         let c = self.char_ns();
         let half = self.half_latency();
         for &b in bytes {
@@ -475,6 +485,9 @@ impl Wire {
     pub fn take_delivered(&mut self, t: u64, max: usize) -> Vec<u8> {
         self.advance(t);
         let mut out = Vec::new();
+        if self.outbound.front().is_some_and(|x| x.0 <= t) {
+            self.replied = true;
+        }
         while out.len() < max {
             match self.outbound.front() {
                 Some(&(at, b)) if at <= t => {

@@ -1334,9 +1334,9 @@ impl ModemLink {
     fn mark_dropped(&mut self, how: &str) {
         self.state = State::Dropped;
         self.dropped = Some(format!(
-            "{how}: the connection to {} dropped (the network, the far end or its modem closed \
-             it); the chip stays in its bootloader, so run the command again, or `stm32boot \
-             recover` after an interrupted write",
+            "{how}: the connection to {} dropped; the chip waits in its bootloader (reset it if \
+             it was cut mid-command), then run the command again, or `stm32boot recover` after \
+             an interrupted write",
             self.spec.target
         ));
         tracing::debug!("{} {how}", self.spec.url());

@@ -16,7 +16,7 @@ use super::rfc2217::{Rfc2217Link, NEGOTIATE_TIMEOUT};
 use super::tcp::{connect, is_disconnect, is_would_block, line_text};
 use crate::error::{Error, Result};
 use crate::link::{LineSettings, LineStep, Link, LinkError};
-use crate::relay::auth::{self, Key, LineReader, RelayLine, Response};
+use crate::relay::auth::{self, Direction, Key, LineReader, RelayLine, Response};
 use crate::relay::seq::{self, Outcome};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -207,7 +207,11 @@ fn read_line(
 
 /// The client's side of the handshake on a connected stream: answer the relay's challenge and
 /// check its proof. Leaves the stream right after the relay's `OK` line.
-fn handshake(stream: &mut TcpStream, key: &Key) -> std::result::Result<(), HandshakeError> {
+fn handshake(
+    stream: &mut TcpStream,
+    key: &Key,
+    dir: Direction,
+) -> std::result::Result<(), HandshakeError> {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let greeting = read_line(stream, deadline, "challenge")?;
     let relay_nonce = match RelayLine::parse(&greeting) {
@@ -239,7 +243,7 @@ fn handshake(stream: &mut TcpStream, key: &Key) -> std::result::Result<(), Hands
         }
     };
     let client_nonce = auth::fresh_nonce().map_err(|e| HandshakeError::Refused(e.to_string()))?;
-    let answer = Response::new(key, &relay_nonce, client_nonce).encode();
+    let answer = Response::new(key, dir, &relay_nonce, client_nonce).encode();
     stream
         .set_write_timeout(Some(HANDSHAKE_TIMEOUT))
         .and_then(|()| stream.write_all(answer.as_bytes()))
@@ -253,7 +257,7 @@ fn handshake(stream: &mut TcpStream, key: &Key) -> std::result::Result<(), Hands
     let verdict = read_line(stream, deadline, "verdict")?;
     match RelayLine::parse(&verdict) {
         Ok(RelayLine::Ok(tag)) => {
-            if key.verify_relay(&relay_nonce, &client_nonce, &tag) {
+            if key.verify_relay(dir, &relay_nonce, &client_nonce, &tag) {
                 Ok(())
             } else {
                 Err(HandshakeError::Refused(format!(
@@ -300,7 +304,7 @@ impl RelayLink {
         let url = format!("relay://{}", target.addr);
         let key = client_key(target, &url)?;
         let mut stream = connect(&target.addr, &url)?;
-        handshake(&mut stream, &key).map_err(|e| LinkError::Open {
+        handshake(&mut stream, &key, Direction::ToRelay).map_err(|e| LinkError::Open {
             port: url.clone(),
             reason: e.text(),
         })?;
@@ -347,7 +351,7 @@ impl RelayLink {
                         last_failure = Some((peer, e.to_string()));
                         continue;
                     }
-                    match handshake(&mut stream, &key) {
+                    match handshake(&mut stream, &key, Direction::FromRelay) {
                         Ok(()) => {
                             tracing::info!("relay {peer} dialled in and proved the key");
                             return RelayLink::after_handshake(
