@@ -119,9 +119,10 @@ pub enum Error {
     /// A request that cannot be sent as asked (bad length, alignment, range...).
     #[error("{0}")]
     InvalidRequest(String),
-    /// The link failed.
+    /// The link failed. (Its text is in the message, so it is not chained as a source as
+    /// well: `{:#}` would print it twice.)
     #[error("link error: {0}")]
-    Link(#[from] LinkError),
+    Link(LinkError),
     /// Reading back or checking a CRC found different content.
     #[error("verify failed at 0x{address:08X}: {detail}")]
     Verify {
@@ -249,3 +250,9 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Result with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<LinkError> for Error {
+    fn from(e: LinkError) -> Self {
+        Error::Link(e)
+    }
+}

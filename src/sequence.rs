@@ -60,7 +60,8 @@ impl Preset {
     /// `bootloader`, or low (into the application). `invert_reset` / `invert_boot0` are for
     /// boards or adapters where the line is active high.
     pub fn steps(self, bootloader: bool, invert_reset: bool, invert_boot0: bool) -> Vec<LineStep> {
-        let (reset, boot0): (fn(bool) -> LineStep, fn(bool) -> LineStep) = match self {
+        type Drive = fn(bool) -> LineStep;
+        let (reset, boot0): (Drive, Drive) = match self {
             Preset::DtrResetRtsBoot0 => (LineStep::Dtr, LineStep::Rts),
             Preset::RtsResetDtrBoot0 => (LineStep::Rts, LineStep::Dtr),
             Preset::None => return Vec::new(),

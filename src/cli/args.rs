@@ -63,7 +63,12 @@ pub struct ConnectArgs {
     /// Reset into the bootloader through DTR/RTS first: a preset (dtr-reset-rts-boot0,
     /// rts-reset-dtr-boot0, none) or stm32flash's -i syntax ('-rts,-dtr,dtr:rts,-dtr,dtr';
     /// only the part before ':' runs here).
-    #[arg(long, value_name = "SEQUENCE", env = "STM32BOOT_BEFORE", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "SEQUENCE",
+        env = "STM32BOOT_BEFORE",
+        allow_hyphen_values = true
+    )]
     pub before: Option<String>,
 
     /// The reset line of a --before preset is active high.

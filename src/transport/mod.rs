@@ -294,7 +294,13 @@ mod tests {
         assert!(parse_error("tcp://::1:7000").contains("brackets"));
         assert!(parse_error("tcp://host:7000/path").contains("only a host and a port"));
         let other = parse_error("telnet://host:23");
-        for scheme in ["sim:", "tcp://", "rfc2217://", "listen://", "serial device path"] {
+        for scheme in [
+            "sim:",
+            "tcp://",
+            "rfc2217://",
+            "listen://",
+            "serial device path",
+        ] {
             assert!(other.contains(scheme), "{other}");
         }
     }

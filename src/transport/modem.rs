@@ -5,7 +5,7 @@
 //!
 //! The transport has two layers:
 //!
-//! - **An AT layer** ([`At`]) over a small byte-pipe abstraction ([`ModemIo`]): it sends one
+//! - **An AT layer** (`At`) over a small byte-pipe abstraction (`ModemIo`): it sends one
 //!   command line at a time, waits at least [`COMMAND_GAP`] after the modem's last byte before
 //!   the next command (Telit's advice), skips the echo, collects intermediate lines
 //!   (`#SGACT: 10.0.0.2`, `+USOCR: 0`, a bare IP address from SIMCom's `AT+CIFSR`) and waits,
@@ -17,11 +17,11 @@
 //! - **A data layer** ([`ModemLink`]): after `CONNECT` the port is a byte pipe to the far
 //!   end, and everything a [`Link`] does is passing bytes. The only text still looked for is
 //!   the modem's own report that the connection dropped (`NO CARRIER`, and `CLOSED` for
-//!   SIMCom), see [`CarrierWatch`], plus DCD where the port can read it.
+//!   SIMCom), see `CarrierWatch`, plus DCD where the port can read it.
 //!
-//! It is written by hand because no maintained Rust crate speaks these AT dialects: the
-//! `atat` family targets embedded modem drivers (no_std, one vendor per crate, no transparent
-//! mode), and the dial sequences are short enough to read in full below.
+//! It is written by hand because no maintained Rust crate dials these vendors' transparent
+//! modes from a host's serial port (`atat` is a no_std framework for typed AT commands on
+//! microcontrollers, not a dialler), and the sequences are short enough to read in full below.
 //!
 //! # Dial sequences
 //!
@@ -55,12 +55,18 @@
 //! # NO CARRIER in the data stream
 //!
 //! When the far end closes, the modem returns to command mode and prints `\r\nNO CARRIER\r\n`
-//! (SIMCom: `\r\nCLOSED\r\n`). [`CarrierWatch`] holds back only a tail of received bytes that
+//! (SIMCom: `\r\nCLOSED\r\n`). `CarrierWatch` holds back only a tail of received bytes that
 //! could be the start of such a report, and releases it as data as soon as a byte arrives that
 //! rules it out, or after [`HOLD`] without more bytes (a modem prints its report in one burst).
 //! Residual risk: data from the chip that contains exactly `\r\nNO CARRIER\r\n` (a read-back of
 //! firmware that holds that string) is taken for a dropped connection, unless DCD is wired and
-//! still asserted, in which case the text is passed on as data.
+//! still asserted, in which case the text is passed on as data. Once the modem is back in
+//! command mode, bytes sent to it are read as commands: each write first reads what has
+//! arrived, so a report already received stops it, but a write racing the report can still
+//! reach the modem's command interpreter (which ignores anything not starting with `AT`).
+//!
+//! The STM32's UART settings (`--baud`, `--parity`) belong to the far end and are only
+//! recorded; the host↔modem line is 8N1 at `baud=`.
 
 use crate::error::{Error, Result};
 use crate::link::{LineSettings, Link, LinkError};
