@@ -592,3 +592,229 @@ fn a_relay_dials_out_to_a_waiting_client() {
     assert!(bytes > 3000);
     assert_eq!(chip.peek(FLASH, image.len()), image);
 }
+
+/// `stm32boot sim-modem --profile PROFILE --pty --link DIR/modem` (copied from tests/modem.rs),
+/// its stderr in DIR/modem.log. Dropping it sends SIGTERM and waits.
+struct ModemSim {
+    child: Option<Child>,
+    link: PathBuf,
+    log: PathBuf,
+}
+
+impl ModemSim {
+    fn start(dir: &Path, profile: &str) -> ModemSim {
+        let link = dir.join("modem");
+        let log = dir.join("modem.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
+            .args(["sim-modem", "--profile", profile, "--pty", "--link"])
+            .arg(&link)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("test setup"))
+            .spawn()
+            .expect("the modem starts");
+        let stdout = child.stdout.take().expect("test setup");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let first = rx.recv_timeout(LONG).unwrap_or_default();
+        let modem = ModemSim {
+            child: Some(child),
+            link,
+            log,
+        };
+        assert_eq!(
+            first.trim(),
+            path_str(&modem.link),
+            "the modem should print its link first; its log:\n{}",
+            modem.log()
+        );
+        modem
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `text` (a condition; the limit only stops a broken test).
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + LONG;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "the modem never logged {text:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ModemSim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            sigterm(&child);
+            wait_for(&mut child, LONG);
+        }
+    }
+}
+
+#[test]
+fn a_relay_dials_out_through_a_modem_to_a_waiting_client() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    let modem = ModemSim::start(sim.dir(), "telit");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("test setup");
+        l.local_addr().expect("test setup").port()
+    };
+    let image = pattern(3000, 5);
+    let file = sim.dir().join("fw.bin");
+    std::fs::write(&file, &image).expect("test setup");
+    let url = format!("relay-listen://127.0.0.1:{port}?wait=2m");
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
+        .args(["write", path_str(&file), "-a", "0x08000000", "--verify"])
+        .args(["--port", &url, "--parity", "none"])
+        .env_remove("STM32BOOT_RELAY_KEY")
+        .env("STM32BOOT_RELAY_KEY_FILE", &key_file)
+        .env("STM32BOOT_STATE_DIR", sim.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(sim.dir().join("client.err")).expect("test setup"))
+        .spawn()
+        .expect("test setup");
+    // The relay dials through the modem until the client listens; --once: one session.
+    let target = format!(
+        "modem:{}?profile=telit&apn=internet&host=127.0.0.1&port={port}",
+        modem.link.display()
+    );
+    let mut relay = Relay::start_with(&sim, &key_file, &["--connect", &target], &["--once"]);
+    assert_eq!(relay.url, format!("relay-listen://127.0.0.1:{port}"));
+    let status = wait_for(&mut waiting, LONG).expect("the client finishes");
+    let client_err = std::fs::read_to_string(sim.dir().join("client.err")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "{client_err}\nrelay:\n{}\nmodem:\n{}",
+        relay.log(),
+        modem.log()
+    );
+    let mut child = relay.child.take().expect("test setup");
+    let exited = wait_for(&mut child, LONG).expect("the relay exits after one session");
+    assert!(exited.success(), "{}", relay.log());
+    let log = relay.log();
+    assert!(
+        log.contains(&format!(
+            "127.0.0.1:{port} via modem:{} authenticated; serving",
+            modem.link.display()
+        )),
+        "{log}"
+    );
+    // The modem dialled the client and was hung up before the relay exited.
+    modem.wait_log(&format!("AT command: AT#SD=1,0,{port},\"127.0.0.1\",0,0,0"));
+    modem.wait_log("AT command: AT#SH=1");
+    assert!(log.contains("hung up"), "{log}");
+    drop(modem);
+    let (bytes, chip) = sim.stop();
+    assert!(bytes > 3000, "{bytes} bytes reached the chip");
+    assert_eq!(chip.peek(FLASH, image.len()), image);
+}
+
+#[test]
+fn a_malformed_modem_target_is_refused_before_anything_opens() {
+    let dir = tempfile::tempdir().expect("test setup");
+    let key_file = write_key(dir.path(), "key", KEY, 0o600);
+    // The shared port does not exist, so opening it first would fail differently (exit 3).
+    let missing_port = dir.path().join("no-such-tty");
+    let modem_path = dir.path().join("no-such-modem");
+    for (target, says) in [
+        (
+            format!(
+                "modem:{}?profile=telit&host=127.0.0.1&port=7000",
+                modem_path.display()
+            ),
+            "apn=",
+        ),
+        (
+            format!(
+                "modem:{}?profile=telit&apn=internet&host=127.0.0.1&port=7000&speed=9600",
+                modem_path.display()
+            ),
+            "speed",
+        ),
+        (
+            format!(
+                "modem:{}?profile=hayes&number=T5551234",
+                modem_path.display()
+            ),
+            "number=",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
+            .args(["relay", "--port", path_str(&missing_port), "--once"])
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--connect", &target])
+            .env_remove("STM32BOOT_RELAY_KEY")
+            .env_remove("STM32BOOT_RELAY_KEY_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("test setup");
+        let text = expect_exit(&out, 2);
+        assert!(
+            text.contains("--connect") && text.contains(says),
+            "{target}: {text}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{target}: the relay announced itself: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_wrong_key_through_a_modem_is_refused_and_the_modem_hangs_up() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    let modem = ModemSim::start(sim.dir(), "telit");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("test setup");
+    let port = listener.local_addr().expect("test setup").port();
+    let target = format!(
+        "modem:{}?profile=telit&apn=internet&host=127.0.0.1&port={port}",
+        modem.link.display()
+    );
+    // A backoff far longer than the test: the relay does not dial again meanwhile.
+    let relay = Relay::start_with(
+        &sim,
+        &key_file,
+        &["--connect", &target],
+        &["--auth-backoff", "1h"],
+    );
+    let (mut s, _) = listener.accept().expect("the relay dials in");
+    s.set_read_timeout(Some(LONG)).expect("test setup");
+    let Some(RelayLine::Challenge(relay_nonce)) = read_relay_line(&mut s) else {
+        panic!("no challenge");
+    };
+    let wrong = Key::from_bytes(b"this-is-not-the-relay-key-0123", "the test").expect("test setup");
+    let nonce = auth::fresh_nonce().expect("test setup");
+    let answer = Response::new(&wrong, Direction::FromRelay, &relay_nonce, nonce).encode();
+    s.write_all(answer.as_bytes()).expect("test setup");
+    // AN3155 bytes right behind the answer: they must not reach the chip.
+    let _ = s.write_all(&[0x7F, 0x00, 0xFF]);
+    assert_eq!(read_relay_line(&mut s), Some(RelayLine::Denied));
+    // The relay leaves data mode itself (the connection is still up) and hangs up.
+    modem.wait_log("escape: +++");
+    modem.wait_log("AT command: AT#SH=1");
+    eof_after(&mut s);
+    relay.wait_log("hung up", 1);
+    let log = relay.stop();
+    assert!(log.contains("authentication failed"), "{log}");
+    drop(modem);
+    let (bytes, _) = sim.stop();
+    assert_eq!(bytes, 0, "bytes reached the chip");
+}

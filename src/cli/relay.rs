@@ -31,7 +31,11 @@ pub struct RelayArgs {
 
     /// Instead of listening, dial out to a client waiting with --port
     /// relay-listen://HOST:PORT (for a gateway behind NAT); dial again after each session.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// To dial through a local AT modem instead of the network, give
+    /// 'modem:/dev/ttyUSB2?profile=telit&apn=internet&host=HOST&port=PORT' (the options of a
+    /// modem: port; host= and port= are where the client waits). The modem dials for each
+    /// session and hangs up after it; NO CARRIER ends the session.
+    #[arg(long, value_name = "HOST:PORT|modem:…")]
     pub connect: Option<String>,
 
     /// File holding the pre-shared key (at least 16 bytes, e.g. from `openssl rand -hex 32`;
@@ -83,6 +87,12 @@ fn is_loopback(addr: &str) -> bool {
 
 /// Run the relay until Ctrl-C (or, with --once, until the first session ends).
 pub fn run(args: &RelayArgs, bars: &mut Bars) -> Result<Outcome> {
+    let endpoint = match &args.connect {
+        Some(target) => RelayEndpoint::Connect(target.clone()),
+        None => RelayEndpoint::Listen(args.listen.clone()),
+    };
+    // A modem: target is checked before the key is read or anything is opened.
+    endpoint.modem()?;
     let key = match &args.key_file {
         Some(path) => Key::from_file(path)?,
         None => Key::from_env()?.ok_or_else(|| {
@@ -93,10 +103,6 @@ pub fn run(args: &RelayArgs, bars: &mut Bars) -> Result<Outcome> {
                 auth::KEY_ENV
             )))
         })?,
-    };
-    let endpoint = match &args.connect {
-        Some(target) => RelayEndpoint::Connect(target.clone()),
-        None => RelayEndpoint::Listen(args.listen.clone()),
     };
     let config = RelayConfig {
         port: args.port.clone(),
@@ -133,10 +139,11 @@ pub fn run(args: &RelayArgs, bars: &mut Bars) -> Result<Outcome> {
                 args.port
             )));
         }
-        RelayEndpoint::Connect(target) => bars.note(Note::Info(format!(
-            "sharing {} by dialling out to {target} (the client waits with --port {url}); stop \
-             with Ctrl-C",
-            args.port
+        RelayEndpoint::Connect(_) => bars.note(Note::Info(format!(
+            "sharing {} by dialling out to {} (the client waits with --port {url}); stop with \
+             Ctrl-C",
+            args.port,
+            endpoint.describe()
         ))),
     }
     let report = relay.run()?;
@@ -157,6 +164,37 @@ pub fn run(args: &RelayArgs, bars: &mut Bars) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_modem_target_is_refused_before_the_key_and_the_port() {
+        // No key anywhere and a port that does not exist: the modem: target is what is refused.
+        let args = RelayArgs {
+            port: "/nonexistent/ttyUSB0".into(),
+            baud: 115_200,
+            listen: DEFAULT_LISTEN.into(),
+            connect: Some("modem:/nonexistent/ttyUSB2?profile=telit&host=h&port=7000".into()),
+            key_file: Some(PathBuf::from("/nonexistent/key")),
+            once: true,
+            handshake_timeout: Duration::from_secs(10),
+            auth_backoff: Duration::from_secs(1),
+        };
+        let mut bars = Bars::new(false, false);
+        let Err(err) = run(&args, &mut bars) else {
+            panic!("a malformed modem: target was accepted");
+        };
+        assert!(
+            matches!(
+                err.downcast_ref::<stm32boot::Error>(),
+                Some(stm32boot::Error::InvalidRequest(_))
+            ),
+            "{err:#}"
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--connect") && text.contains("apn="),
+            "{text}"
+        );
+    }
 
     #[test]
     fn loopback_addresses() {

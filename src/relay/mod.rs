@@ -6,6 +6,16 @@
 //! explicitly) or dials out to a client waiting with `--port relay-listen://HOST:PORT`
 //! ([`RelayEndpoint::Connect`], for gateways behind NAT; it dials again after every session).
 //!
+//! A gateway without a network of its own dials out through a local AT modem instead:
+//! `--connect 'modem:/dev/ttyUSB2?profile=telit&apn=internet&host=HOST&port=PORT'` (the keys of
+//! a `modem:` port, [`ModemSpec::parse`], checked before anything is opened; `host=` and
+//! `port=` are where the client waits). For each session the relay dials with
+//! [`ModemLink`](crate::transport::modem::ModemLink) on a thread of its own, bridged to the
+//! session by an in-memory pipe ([`modem`]); the handshake and the session are the same as over
+//! TCP. The modem reporting `NO CARRIER` ends the session like a closed socket; after every
+//! session (or failed handshake) the relay escapes to command mode and hangs up, and waits for
+//! that before it dials again (with the same backoff) or exits.
+//!
 //! Every connection must first pass the challenge-response handshake of [`auth`] with the
 //! pre-shared key; until it has, nothing it sends is read beyond the handshake line, and nothing
 //! reaches the port. Failures are logged with the peer's address (never the key or the proofs)
@@ -27,6 +37,7 @@
 
 pub mod auth;
 pub mod limit;
+pub(crate) mod modem;
 pub mod seq;
 pub(crate) mod server;
 
@@ -35,6 +46,8 @@ pub use limit::Limits;
 
 use crate::error::{Error, Result};
 use crate::link::LinkError;
+use crate::transport::modem::{DialTarget, ModemSpec};
+use modem::Dialout;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,13 +60,86 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the relay meets its clients.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RelayEndpoint {
     /// Listen on this address (`host:port`; port 0 picks a free one).
     Listen(String),
     /// Dial out to a client waiting on `relay-listen://` at this `host:port`, and again after
-    /// each session or failure (with backoff).
+    /// each session or failure (with backoff). `modem:PATH?profile=…&host=HOST&port=PORT`
+    /// dials `HOST:PORT` through a local AT modem instead ([`RelayEndpoint::modem`]).
     Connect(String),
+}
+
+/// What `modem:` targets start with.
+const MODEM_PREFIX: &str = "modem:";
+
+impl RelayEndpoint {
+    /// For `Connect("modem:…")`, the modem to dial through, parsed and checked (without
+    /// opening anything); `None` for any other endpoint. Fails with
+    /// [`Error::InvalidRequest`] on a malformed spec, or one that dials a number (`number=`)
+    /// instead of the client's `host=` and `port=`.
+    pub fn modem(&self) -> Result<Option<ModemSpec>> {
+        let RelayEndpoint::Connect(target) = self else {
+            return Ok(None);
+        };
+        let Some(rest) = target.strip_prefix(MODEM_PREFIX) else {
+            return Ok(None);
+        };
+        let spec = ModemSpec::parse(rest).map_err(|e| match e {
+            Error::InvalidRequest(text) => Error::InvalidRequest(format!("--connect {text}")),
+            other => other,
+        })?;
+        if let DialTarget::Number(_) = spec.target {
+            return Err(Error::InvalidRequest(
+                "--connect modem: the relay dials a client waiting with --port \
+                 relay-listen://HOST:PORT: give the modem host= and port= (number= dials a phone \
+                 line, where no client can wait)"
+                    .into(),
+            ));
+        }
+        Ok(Some(spec))
+    }
+
+    /// The endpoint for messages: the address, or for a modem `HOST:PORT through the telit
+    /// modem on /dev/ttyUSB2` (never the modem's options: `pin=` is a secret).
+    pub fn describe(&self) -> String {
+        match self {
+            RelayEndpoint::Listen(addr) => addr.clone(),
+            RelayEndpoint::Connect(target) => match self.modem() {
+                Ok(Some(spec)) => format!(
+                    "{} through the {} modem on {}",
+                    spec.target, spec.profile, spec.path
+                ),
+                Ok(None) => target.clone(),
+                Err(_) => "an invalid modem: target".into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for RelayEndpoint {
+    /// Like the derived form, with a modem's options left out (`pin=` is a secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEndpoint::Listen(addr) => f.debug_tuple("Listen").field(addr).finish(),
+            RelayEndpoint::Connect(target) => match target.split_once('?') {
+                Some((head, _)) if target.starts_with(MODEM_PREFIX) => f
+                    .debug_tuple("Connect")
+                    .field(&format!("{head}?…"))
+                    .finish(),
+                _ => f.debug_tuple("Connect").field(target).finish(),
+            },
+        }
+    }
+}
+
+/// Whether two paths name the same file (as given, or once links are resolved).
+fn same_file(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// What the relay serves, where, and with which key.
@@ -151,6 +237,8 @@ pub struct Relay {
     runtime: tokio::runtime::Runtime,
     port: tokio_serial::SerialStream,
     listener: Option<tokio::net::TcpListener>,
+    /// The modem to dial out through, for a `modem:` target.
+    modem: Option<Arc<ModemSpec>>,
     config: RelayConfig,
     stop: StopHandle,
 }
@@ -168,8 +256,20 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Open the serial port exclusively and, when listening, bind the address. Fails with
     /// [`LinkError::Open`] if the port cannot be opened (another program holds it, for
-    /// example), and with [`Error::Io`] if the address cannot be bound.
+    /// example), and with [`Error::Io`] if the address cannot be bound. A `modem:` target is
+    /// checked first ([`RelayEndpoint::modem`]): if it is malformed, or names the shared port
+    /// itself, nothing is opened. The modem itself is only opened to dial, for each session.
     pub fn open(config: RelayConfig) -> Result<Relay> {
+        let modem = config.endpoint.modem()?;
+        if let Some(spec) = &modem {
+            if same_file(&spec.path, &config.port) {
+                return Err(Error::InvalidRequest(format!(
+                    "--connect modem:{} is the port the relay shares (--port {}): give the \
+                     modem's own serial port",
+                    spec.path, config.port
+                )));
+            }
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -198,6 +298,7 @@ impl Relay {
             runtime,
             port,
             listener,
+            modem: modem.map(Arc::new),
             config,
             stop: StopHandle::new(),
         })
@@ -214,7 +315,10 @@ impl Relay {
         match (&self.config.endpoint, self.local_addr()) {
             (RelayEndpoint::Listen(_), Some(addr)) => format!("relay://{addr}"),
             (RelayEndpoint::Listen(addr), None) => format!("relay://{addr}"),
-            (RelayEndpoint::Connect(addr), _) => format!("relay-listen://{addr}"),
+            (RelayEndpoint::Connect(addr), _) => match &self.modem {
+                Some(spec) => format!("relay-listen://{}", spec.target),
+                None => format!("relay-listen://{addr}"),
+            },
         }
     }
 
@@ -230,6 +334,7 @@ impl Relay {
             runtime,
             port,
             listener,
+            modem,
             config,
             stop,
         } = self;
@@ -237,7 +342,11 @@ impl Relay {
             match (listener, &config.endpoint) {
                 (Some(listener), _) => server::serve_listen(listener, port, &config, &stop).await,
                 (None, RelayEndpoint::Connect(target)) => {
-                    server::serve_connect(target, port, &config, &stop).await
+                    let how = match modem {
+                        Some(spec) => Dialout::Modem(spec),
+                        None => Dialout::Tcp(target.clone()),
+                    };
+                    server::serve_connect(&how, port, &config, &stop).await
                 }
                 (None, RelayEndpoint::Listen(addr)) => Err(Error::Link(LinkError::Open {
                     port: format!("relay://{addr}"),
@@ -245,5 +354,83 @@ impl Relay {
                 })),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::modem::Profile;
+
+    const TELIT: &str = "modem:/dev/ttyUSB2?profile=telit&apn=internet&host=203.0.113.7&port=7000";
+
+    fn config(port: &str, target: &str) -> RelayConfig {
+        let key = Key::from_bytes(b"0123456789abcdef0123456789", "the test").expect("test setup");
+        let mut config = RelayConfig::new(port, key);
+        config.endpoint = RelayEndpoint::Connect(target.into());
+        config
+    }
+
+    fn refusal(port: &str, target: &str) -> String {
+        match Relay::open(config(port, target)) {
+            Err(Error::InvalidRequest(text)) => text,
+            Err(other) => panic!("{target}: not refused as invalid: {other}"),
+            Ok(relay) => panic!("{target}: opened {relay:?}"),
+        }
+    }
+
+    #[test]
+    fn a_modem_target_is_parsed_and_named_without_its_options() {
+        let endpoint = RelayEndpoint::Connect(format!("{TELIT}&pin=1234"));
+        let spec = endpoint.modem().expect("valid").expect("a modem");
+        assert_eq!(spec.path, "/dev/ttyUSB2");
+        assert_eq!(spec.profile, Profile::Telit);
+        assert_eq!(spec.target.to_string(), "203.0.113.7:7000");
+        assert_eq!(
+            endpoint.describe(),
+            "203.0.113.7:7000 through the telit modem on /dev/ttyUSB2"
+        );
+        let debug = format!("{endpoint:?}");
+        assert!(
+            !debug.contains("1234") && debug.contains("/dev/ttyUSB2"),
+            "{debug}"
+        );
+        for plain in [
+            RelayEndpoint::Connect("203.0.113.7:7000".into()),
+            RelayEndpoint::Listen(DEFAULT_LISTEN.into()),
+        ] {
+            assert_eq!(plain.modem().expect("valid"), None);
+        }
+    }
+
+    #[test]
+    fn a_malformed_modem_target_is_refused_before_the_port_is_opened() {
+        // The shared port does not exist: opening it first would fail differently.
+        let port = "/nonexistent/ttyUSB0";
+        for (target, says) in [
+            ("modem:/dev/ttyUSB2?profile=telit&host=h&port=7000", "apn="),
+            (
+                "modem:/dev/ttyUSB2?profile=nokia&apn=x&host=h&port=7000",
+                "telit",
+            ),
+            ("modem:/dev/ttyUSB2?profile=telit&apn=x&host=h", "port="),
+            ("modem:?profile=telit&apn=x&host=h&port=7000", "serial port"),
+            (
+                "modem:/dev/ttyUSB2?profile=hayes&number=T5551234",
+                "number=",
+            ),
+        ] {
+            let text = refusal(port, target);
+            assert!(
+                text.contains("--connect") && text.contains(says),
+                "{target}: {text}"
+            );
+        }
+        // The modem on the shared port itself.
+        let text = refusal(
+            "/dev/ttyUSB2",
+            "modem:/dev/ttyUSB2?profile=telit&apn=x&host=h&port=7000",
+        );
+        assert!(text.contains("the port the relay shares"), "{text}");
     }
 }

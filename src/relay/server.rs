@@ -3,6 +3,7 @@
 
 use super::auth::{AuthFailure, Challenge, Direction, Key, LineError, LineReader, RelayLine};
 use super::limit::{Admission, RateLimiter};
+use super::modem::{self, Call, Dialout, Outbound};
 use super::seq::{self, Assembled, Assembler, Outcome};
 use super::{RelayConfig, RelayReport, StopHandle};
 use crate::error::{Error, Result};
@@ -44,7 +45,7 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
 
 /// Socket and port read size.
-const CHUNK: usize = 4096;
+pub(crate) const CHUNK: usize = 4096;
 
 /// Open the serial port for the relay: 8N1 at `baud`, exclusively (TIOCEXCL and an exclusive
 /// `flock`), so that no other local program can open it while the relay runs. Must run inside
@@ -842,37 +843,87 @@ pub(super) async fn serve_listen(
     Ok(report)
 }
 
-/// Dial out to `target` (a client waiting on `relay-listen://`), serve it, and dial again.
-pub(super) async fn serve_connect(
-    target: &str,
-    mut port: SerialStream,
+/// What to do after one dialled connection.
+enum Next {
+    /// A client was served.
+    Served,
+    /// Dial again at once.
+    Again,
+    /// Dial again after this pause.
+    Pause(Duration),
+    /// The relay is stopping.
+    Stop,
+}
+
+/// Dial once: a TCP socket, or the pipe to a modem that is online (and its call).
+async fn dial(how: &Dialout) -> std::result::Result<(Outbound, Option<Call>), String> {
+    match how {
+        Dialout::Tcp(target) => {
+            match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target.as_str())).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    Ok((Outbound::Tcp(stream), None))
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {DIAL_TIMEOUT:?}")),
+            }
+        }
+        // The modem's own timeout= bounds its dial.
+        Dialout::Modem(spec) => modem::dial(spec.clone())
+            .await
+            .map(|(pipe, call)| (Outbound::Modem(pipe), Some(call))),
+    }
+}
+
+/// Wait until the modem of `call` has hung up, reading and dropping what the port sends
+/// meanwhile (when `drain`, i.e. the port still works). A stop does not cut this short: the
+/// modem is not left online.
+async fn hang_up<P: Port>(
+    mut call: Call,
+    port: &mut P,
+    port_name: &str,
+    drain: bool,
+) -> Result<()> {
+    if drain {
+        if let Err(e) = draining(port, port_name, &StopHandle::new(), call.hung_up()).await {
+            call.hung_up().await;
+            return Err(e);
+        }
+        return Ok(());
+    }
+    call.hung_up().await;
+    Ok(())
+}
+
+/// Dial out (to a client waiting on `relay-listen://`, over TCP or through a modem), serve it,
+/// and dial again.
+pub(super) async fn serve_connect<P: Port>(
+    how: &Dialout,
+    mut port: P,
     config: &RelayConfig,
     stop: &StopHandle,
 ) -> Result<RelayReport> {
     let port_name = config.port.as_str();
+    let label = how.label();
     let mut report = RelayReport::default();
     let mut dial_delay = DIAL_BACKOFF.0;
     let mut auth_failures: u32 = 0;
     let mut warned = false;
     loop {
-        let dial = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target));
-        let Some(dialled) = draining(&mut port, port_name, stop, dial).await? else {
+        let Some(dialled) = draining(&mut port, port_name, stop, dial(how)).await? else {
             break;
         };
-        let mut stream = match dialled {
-            Ok(Ok(s)) => s,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {DIAL_TIMEOUT:?}"),
-                };
+        let (stream, call) = match dialled {
+            Ok(d) => d,
+            Err(why) => {
                 if warned {
-                    tracing::debug!("relay: cannot reach {target}: {why}; retrying");
+                    tracing::debug!("relay: cannot reach {label}: {why}; retrying");
                 } else {
                     tracing::warn!(
-                        "relay: cannot reach {target}: {why}; retrying every {}s at most \
-                         (is a client waiting with --port relay-listen://{target}?)",
-                        DIAL_BACKOFF.1.as_secs()
+                        "relay: cannot reach {label}: {why}; retrying every {}s at most \
+                         (is a client waiting with --port relay-listen://{}?)",
+                        DIAL_BACKOFF.1.as_secs(),
+                        how.listen_addr()
                     );
                     warned = true;
                 }
@@ -886,53 +937,89 @@ pub(super) async fn serve_connect(
         };
         warned = false;
         dial_delay = DIAL_BACKOFF.0;
-        let _ = stream.set_nodelay(true);
-        let handshake = challenge_peer(
-            &mut stream,
-            &config.key,
-            Direction::FromRelay,
-            config.handshake_timeout,
-        );
-        let Some(result) = draining(&mut port, port_name, stop, handshake).await? else {
-            break;
-        };
-        let ok_line = match result {
-            Ok(line) => line,
-            Err(failure) => {
-                report.auth_failures += 1;
-                auth_failures += 1;
-                let backoff = config
-                    .limits
-                    .backoff_base
-                    .saturating_mul(1u32 << (auth_failures - 1).min(20))
-                    .min(config.limits.backoff_max);
-                tracing::warn!(
-                    "relay: {target}: authentication failed: {failure}; dialling again in \
-                     {backoff:.0?}"
-                );
-                refuse(stream, RelayLine::Denied).await;
-                let pause = tokio::time::sleep(backoff);
+        // `stream` is consumed (so dropped) by the time this returns: a modem's thread sees
+        // the pipe closed and hangs up.
+        let served = serve_dialled(
+            stream,
+            &mut port,
+            config,
+            stop,
+            &label,
+            &mut report,
+            &mut auth_failures,
+        )
+        .await;
+        if let Some(call) = call {
+            hang_up(call, &mut port, port_name, served.is_ok()).await?;
+        }
+        match served? {
+            Next::Stop => break,
+            Next::Again => {}
+            Next::Pause(d) => {
+                let pause = tokio::time::sleep(d);
                 if draining(&mut port, port_name, stop, pause).await?.is_none() {
                     break;
                 }
-                continue;
             }
-        };
-        auth_failures = 0;
-        if stream.write_all(ok_line.as_bytes()).await.is_err() {
-            tracing::info!("relay: {target} authenticated but went away");
-            continue;
-        }
-        tracing::info!("relay: {target} authenticated; serving {port_name}");
-        report.sessions += 1;
-        let counts = run_session(&mut stream, &mut port, target, port_name, stop).await?;
-        report.bytes_to_port += counts.to_port;
-        report.bytes_from_port += counts.from_port;
-        if config.once || stop.is_stopped() {
-            break;
+            Next::Served => {
+                if config.once || stop.is_stopped() {
+                    break;
+                }
+            }
         }
     }
     Ok(report)
+}
+
+/// The handshake on a dialled connection and, if it passes, the session.
+async fn serve_dialled<P: Port>(
+    mut stream: Outbound,
+    port: &mut P,
+    config: &RelayConfig,
+    stop: &StopHandle,
+    label: &str,
+    report: &mut RelayReport,
+    auth_failures: &mut u32,
+) -> Result<Next> {
+    let port_name = config.port.as_str();
+    let handshake = challenge_peer(
+        &mut stream,
+        &config.key,
+        Direction::FromRelay,
+        config.handshake_timeout,
+    );
+    let Some(result) = draining(port, port_name, stop, handshake).await? else {
+        return Ok(Next::Stop);
+    };
+    let ok_line = match result {
+        Ok(line) => line,
+        Err(failure) => {
+            report.auth_failures += 1;
+            *auth_failures += 1;
+            let backoff = config
+                .limits
+                .backoff_base
+                .saturating_mul(1u32 << (*auth_failures - 1).min(20))
+                .min(config.limits.backoff_max);
+            tracing::warn!(
+                "relay: {label}: authentication failed: {failure}; dialling again in \
+                 {backoff:.0?}"
+            );
+            refuse(stream, RelayLine::Denied).await;
+            return Ok(Next::Pause(backoff));
+        }
+    };
+    *auth_failures = 0;
+    if stream.write_all(ok_line.as_bytes()).await.is_err() {
+        tracing::info!("relay: {label} authenticated but went away");
+        return Ok(Next::Again);
+    }
+    tracing::info!("relay: {label} authenticated; serving {port_name}");
+    report.sessions += 1;
+    let counts = run_session(&mut stream, port, label, port_name, stop).await?;
+    report.bytes_to_port += counts.to_port;
+    report.bytes_from_port += counts.from_port;
+    Ok(Next::Served)
 }
 
 /// A relay in front of `port` for tests: accepts one connection on `listener`, runs the
