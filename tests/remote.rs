@@ -268,3 +268,76 @@ fn the_json_result_reports_round_trips_per_kib() {
         "{out}"
     );
 }
+
+#[test]
+fn a_station_enters_and_leaves_with_a_preset_and_with_an_stm32flash_sequence() {
+    // DTR → NRST, RTS → BOOT0 (the simulator's default wiring), over RFC 2217.
+    let chip = SimChip::new("stm32f411");
+    run_firmware(&chip);
+    let sim = SimProcess::start(&chip, &["--rfc2217", "127.0.0.1:0"], &[]);
+    let url = sim.first_line.clone();
+    // The firmware runs: nothing answers without an entry sequence.
+    fails(&["info", "--port", &url], 3);
+    // Entered and left with the preset: afterwards the firmware runs again.
+    let out = ok(&[
+        "info",
+        "--port",
+        &url,
+        "--before",
+        "dtr-reset-rts-boot0",
+        "--after",
+        "reset",
+    ]);
+    assert!(out.contains("STM32F411"), "{out}");
+    fails(&["info", "--port", &url], 3);
+    // The same with stm32flash's syntax, entry and exit.
+    let out = ok(&[
+        "info",
+        "--port",
+        &url,
+        "--before",
+        "-rts&dtr,-dtr:rts&dtr,-dtr",
+        "--after",
+        "reset",
+    ]);
+    assert!(out.contains("STM32F411"), "{out}");
+    fails(&["info", "--port", &url], 3);
+    // Left in the bootloader (--after none), the next run resumes without 0x7F.
+    ok(&["info", "--port", &url, "--before", "dtr-reset-rts-boot0"]);
+    let out = ok(&["info", "--port", &url, "--before", "no-sync"]);
+    assert!(out.contains("STM32F411"), "{out}");
+    // --after go starts the firmware.
+    ok(&[
+        "info", "--port", &url, "--before", "no-sync", "--after", "go",
+    ]);
+    fails(&["info", "--port", &url], 3);
+    sim.stop();
+}
+
+#[test]
+fn after_reset_needs_a_wiring_and_no_sync_needs_a_synced_bootloader() {
+    let err = fails(&["info", "--port", "sim:stm32f411", "--after", "reset"], 2);
+    assert!(
+        err.contains("--after reset needs to know the wiring"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "info",
+            "--port",
+            "sim:stm32f411",
+            "--before",
+            "rts,-dtr",
+            "--after",
+            "reset",
+        ],
+        2,
+    );
+    assert!(err.contains("exit part"), "{err}");
+    // A fresh simulated chip has not been synced by anyone.
+    let err = fails(
+        &["info", "--port", "sim:stm32f411", "--before", "no-sync"],
+        3,
+    );
+    assert!(err.contains("no-sync assumes"), "{err}");
+}

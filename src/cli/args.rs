@@ -71,6 +71,12 @@ pub struct ConnectArgs {
     )]
     pub before: Option<String>,
 
+    /// How to leave the chip after a successful job: none (stay in the bootloader; resume
+    /// with --before no-sync), go (start the application), or reset (the exit part of the
+    /// --before sequence: a reset with BOOT0 low).
+    #[arg(long, value_enum, default_value_t = AfterArg::None, env = "STM32BOOT_AFTER")]
+    pub after: AfterArg,
+
     /// The reset line of a --before preset is active high.
     #[arg(long)]
     pub invert_reset: bool,
@@ -96,6 +102,17 @@ pub struct ConnectArgs {
     /// where sending a command's phases together is safe.
     #[arg(long)]
     pub no_pipeline: bool,
+}
+
+/// `--after` choices.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterArg {
+    /// Stay in the bootloader.
+    None,
+    /// Start the application (Go to the start of flash).
+    Go,
+    /// Run the exit part of the --before sequence (reset with BOOT0 low).
+    Reset,
 }
 
 /// The bytes of `--enter` (a newtype, so that clap does not take `Vec<u8>` as a list).

@@ -2,8 +2,8 @@
 //! show as text and as JSON.
 
 use super::args::{
-    Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd, SimArgs,
-    WriteArgs,
+    AfterArg, Cli, Cmd, ConnectArgs, EraseWhat, ImageArgs, Level, OnOff, ParityArg, ProtectCmd,
+    SimArgs, WriteArgs,
 };
 use super::output::{human_size, Bars};
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,7 +15,7 @@ use std::time::Duration;
 use stm32boot::device::{Device, DeviceTable, Page};
 use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
-use stm32boot::ops::connect::EnterCommand;
+use stm32boot::ops::connect::{EnterCommand, Leave};
 use stm32boot::ops::diagnose::{self, Failure, Operation};
 use stm32boot::ops::flash::{self, WriteOptions};
 use stm32boot::ops::option_bytes;
@@ -88,10 +88,30 @@ fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
 
 pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
     // Everything the user typed is checked before the port opens.
-    let entry = match &args.before {
-        Some(text) => Sequence::parse(text, args.invert_reset, args.invert_boot0)?.entry,
-        None => Vec::new(),
+    let no_sync = args
+        .before
+        .as_deref()
+        .is_some_and(|b| b.trim().eq_ignore_ascii_case("no-sync"));
+    let sequence = match &args.before {
+        Some(text) if !no_sync => {
+            Some(Sequence::parse(text, args.invert_reset, args.invert_boot0)?)
+        }
+        _ => None,
     };
+    let leave = match args.after {
+        AfterArg::None => Leave::Stay,
+        AfterArg::Go => Leave::Go(None),
+        AfterArg::Reset => match sequence.as_ref().and_then(|s| s.exit.clone()) {
+            Some(steps) if !steps.is_empty() => Leave::Reset(steps),
+            _ => bail!(stm32boot::Error::InvalidRequest(
+                "--after reset needs to know the wiring: give --before a preset \
+                 (dtr-reset-rts-boot0, rts-reset-dtr-boot0) or an stm32flash sequence with an \
+                 exit part after ':' (e.g. '-rts,-dtr,dtr:rts,-dtr,dtr')"
+                    .into()
+            )),
+        },
+    };
+    let entry = sequence.map(|s| s.entry).unwrap_or_default();
     let (link, table) = open_link(args, bars)?;
     let enter = args.enter.as_ref().map(|bytes| EnterCommand {
         bytes: bytes.0.clone(),
@@ -107,6 +127,8 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
         flash_size: args.flash_size,
         entry,
         enter,
+        no_sync,
+        leave,
     };
     Ok(connect(session, &table, &options, bars)?)
 }
@@ -183,8 +205,9 @@ fn page_map_summary(device: &Device) -> String {
     )
 }
 
+/// After a successful job: leave the chip as `--after` says, and close the link.
 pub(super) fn finish(conn: Connection) -> Result<()> {
-    conn.close()?;
+    conn.finish()?;
     Ok(())
 }
 

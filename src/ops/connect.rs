@@ -18,6 +18,23 @@ pub struct ConnectOptions {
     pub entry: Vec<LineStep>,
     /// An application command that makes the firmware jump to its bootloader (`--enter`).
     pub enter: Option<EnterCommand>,
+    /// The bootloader was left synced by an earlier run: identify it without sending 0x7F
+    /// (`--before no-sync`).
+    pub no_sync: bool,
+    /// What [`Connection::finish`] does after a successful job (`--after`).
+    pub leave: Leave,
+}
+
+/// How to leave the chip after a successful job (`--after`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Leave {
+    /// Stay in the bootloader (the next run can resume with `--before no-sync`).
+    #[default]
+    Stay,
+    /// Start the application with Go, at this vector table (default: start of flash).
+    Go(Option<u32>),
+    /// Run this DTR/RTS sequence (a reset with BOOT0 low).
+    Reset(Vec<LineStep>),
 }
 
 /// Entering the bootloader through the running application (`--enter`).
@@ -98,6 +115,8 @@ pub struct Connection {
     pub bootloader: BootloaderInfo,
     /// Whether read protection refused a probe read (RDP level 1 or 2).
     pub read_protected: bool,
+    /// What [`Connection::finish`] does.
+    pub leave: Leave,
 }
 
 impl Connection {
@@ -139,6 +158,22 @@ impl Connection {
     pub fn close(self) -> Result<()> {
         self.session.close()
     }
+
+    /// After a successful job: leave the chip as [`ConnectOptions::leave`] asked (a Go is
+    /// skipped when the job already started the application), then close the link.
+    pub fn finish(mut self) -> Result<()> {
+        match std::mem::take(&mut self.leave) {
+            Leave::Stay => {}
+            Leave::Go(address) => {
+                if self.session.info().is_some() {
+                    let address = address.unwrap_or(self.device.flash.start);
+                    self.session.go(address)?;
+                }
+            }
+            Leave::Reset(steps) => self.session.link_mut().run_steps(&steps)?,
+        }
+        self.close()
+    }
 }
 
 /// Sync, identify, look the PID up and read the flash size where the part reports it.
@@ -155,8 +190,26 @@ pub fn connect(
         Some(enter) => Some(enter_through_application(&mut session, enter)?),
         None => None,
     };
-    let info = match (session.connect(), reply) {
-        (Ok(info), _) => info.clone(),
+    let synced = if options.no_sync {
+        Ok(())
+    } else {
+        session.sync().map(|_| ())
+    };
+    let identified = synced.and_then(|()| session.identify().cloned());
+    let identified = match identified {
+        Err(Error::Timeout { .. }) if options.no_sync => Err(Error::NoSync {
+            link: session.describe_link(),
+            attempts: 0,
+            stray_bytes: session.stray_bytes(),
+            hint: "no-sync assumes a bootloader that an earlier run left synced, and this one did \
+                   not answer Get Version: leave out --before no-sync (or reset the chip into its \
+                   bootloader with a --before sequence)"
+                .into(),
+        }),
+        other => other,
+    };
+    let info = match (identified, reply) {
+        (Ok(info), _) => info,
         (
             Err(Error::NoSync {
                 link,
@@ -232,6 +285,7 @@ pub fn connect(
         device,
         bootloader: info,
         read_protected,
+        leave: options.leave.clone(),
     })
 }
 
