@@ -5,7 +5,13 @@ use std::path::PathBuf;
 
 /// Program STM32 microcontrollers through the ROM USART bootloader (AN3155).
 #[derive(Parser, Debug)]
-#[command(name = "stm32boot", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "stm32boot",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("STM32BOOT_GIT_REV"), ")"),
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -22,6 +28,11 @@ pub struct Cli {
     /// More detail on stderr (-v: debug, -vv: trace).
     #[arg(long, short, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Print every byte sent and received, with a timestamp, and line events (DTR, RTS, break,
+    /// baud rate and parity, purges) on stderr. Progress bars are off while tracing.
+    #[arg(long, global = true)]
+    pub trace: bool,
 }
 
 /// Options for reaching the chip.
@@ -253,6 +264,10 @@ pub enum Cmd {
     Otp(super::otp::OtpArgs),
     /// Check the link and the chip: baud and parity, echo, BOOT0, protection, bank mode.
     Doctor(super::doctor::DoctorArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    Completions(super::docs::CompletionsArgs),
+    /// Print the manual page on stdout, or write one per subcommand into a directory.
+    Man(super::docs::ManArgs),
 }
 
 /// Where an image comes from.

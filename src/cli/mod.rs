@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bank;
 pub mod coeffs;
+pub mod docs;
 pub mod doctor;
 pub mod ob;
 pub mod otp;

@@ -10,6 +10,7 @@ pub struct Bars {
     bar: Option<ProgressBar>,
     enabled: bool,
     quiet: bool,
+    trace: bool,
     /// Notes, kept for the JSON result.
     pub notes: Vec<Note>,
 }
@@ -21,8 +22,24 @@ impl Bars {
             bar: None,
             enabled: !json && !quiet && std::io::stderr().is_terminal(),
             quiet: quiet || json,
+            trace: false,
             notes: Vec::new(),
         }
+    }
+
+    /// Trace the link's traffic on stderr (`--trace`): links are opened wrapped in a
+    /// [`stm32boot::transport::trace::TraceLink`], and progress bars stay off, as redrawing
+    /// them would garble the trace.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
+        if on {
+            self.enabled = false;
+        }
+    }
+
+    /// Whether links are traced.
+    pub fn trace(&self) -> bool {
+        self.trace
     }
 }
 

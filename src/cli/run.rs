@@ -25,6 +25,7 @@ use stm32boot::sequence::Sequence;
 use stm32boot::session::{Session, Timeouts};
 use stm32boot::sim::endpoint::{NetEndpoint, NetKind, RealClock};
 use stm32boot::sim::{pty::PtyEndpoint, ControlLine, PinDrive, SimSpec, Wire};
+use stm32boot::transport::trace::{TraceEvent, TraceLink};
 use stm32boot::transport::{serial, PortSpec};
 
 /// What a command produced.
@@ -37,6 +38,7 @@ pub struct Outcome {
 
 /// Run the parsed command line.
 pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
+    bars.set_trace(cli.trace);
     match &cli.command {
         Cmd::Info { conn } => info(conn, bars),
         Cmd::Read {
@@ -75,6 +77,8 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
         Cmd::Bank(a) => super::bank::run(a, bars),
         Cmd::Otp(a) => super::otp::run(a, bars),
         Cmd::Doctor(a) => super::doctor::run(a, bars),
+        Cmd::Completions(a) => super::docs::completions(a),
+        Cmd::Man(a) => super::docs::man(a),
     }
 }
 
@@ -159,6 +163,11 @@ pub(super) fn open_link(
         parity: parity(args.parity),
     };
     let mut link = spec.open(line, &table)?;
+    if bars.trace() {
+        // Wrapped once open: a relay's key handshake and a modem's AT dialogue are done by now
+        // and never reach the trace.
+        link = Box::new(TraceLink::new(link, Box::new(print_trace)));
+    }
     if let Some(level) = args.dtr {
         if let Err(e) = link.set_dtr(level == Level::High) {
             bars.note(Note::Warning(format!("DTR left as it was: {e}")));
@@ -170,6 +179,12 @@ pub(super) fn open_link(
         }
     }
     Ok((link, table))
+}
+
+/// `--trace`: one event on stderr, bypassing the progress bars (which are off while tracing).
+fn print_trace(event: &TraceEvent) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{event}");
 }
 
 fn parity(p: ParityArg) -> Parity {
