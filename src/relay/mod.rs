@@ -11,10 +11,11 @@
 //! a `modem:` port, [`ModemSpec::parse`], checked before anything is opened; `host=` and
 //! `port=` are where the client waits). For each session the relay dials with
 //! [`ModemLink`](crate::transport::modem::ModemLink) on a thread of its own, bridged to the
-//! session by an in-memory pipe ([`modem`]); the handshake and the session are the same as over
-//! TCP. The modem reporting `NO CARRIER` ends the session like a closed socket; after every
-//! session (or failed handshake) the relay escapes to command mode and hangs up, and waits for
-//! that before it dials again (with the same backoff) or exits.
+//! session by an in-memory pipe (the private `modem` module); the handshake and the session are
+//! the same as over TCP, so nothing reaches the port before the handshake has passed. The modem
+//! reporting `NO CARRIER` ends the session like a closed socket; after every session (or failed
+//! handshake) the relay escapes to command mode and hangs up, and waits for that before it dials
+//! again (with the same backoff) or exits.
 //!
 //! Every connection must first pass the challenge-response handshake of [`auth`] with the
 //! pre-shared key; until it has, nothing it sends is read beyond the handshake line, and nothing

@@ -712,8 +712,26 @@ pub(super) async fn serve_listen(
     let mut capped = false;
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     loop {
+        // In this order: a session that has ended frees the port before a new connection or a
+        // finished handshake is looked at (else a client that connects right after the last
+        // one left could be told BUSY), and the idle port is drained last.
         tokio::select! {
+            biased;
             _ = stop.wait() => break,
+            joined = join(&mut session) => {
+                session = None;
+                client = None;
+                let (serial, r) = joined.map_err(|e| {
+                    Error::io("the relay session", io::Error::other(e.to_string()))
+                })?;
+                let counts = r?;
+                report.bytes_to_port += counts.to_port;
+                report.bytes_from_port += counts.from_port;
+                port = Some(serial);
+                if config.once {
+                    break;
+                }
+            }
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -811,20 +829,6 @@ pub(super) async fn serve_listen(
                     let r = run_session(&mut stream, &mut serial, &peer_text, &name, &stop).await;
                     (serial, r)
                 }));
-            }
-            joined = join(&mut session) => {
-                session = None;
-                client = None;
-                let (serial, r) = joined.map_err(|e| {
-                    Error::io("the relay session", io::Error::other(e.to_string()))
-                })?;
-                let counts = r?;
-                report.bytes_to_port += counts.to_port;
-                report.bytes_from_port += counts.from_port;
-                port = Some(serial);
-                if config.once {
-                    break;
-                }
             }
             r = drain_idle(&mut port, &mut idle) => match r {
                 Ok(0) => return Err(port_gone(&port_name, None)),
