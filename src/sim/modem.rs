@@ -29,15 +29,13 @@
 use crate::error::{Error, Result};
 use crate::transport::modem::Profile;
 use nix::poll::{ppoll, PollFd, PollFlags};
-use nix::pty::openpty;
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use nix::sys::time::TimeSpec;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -1479,50 +1477,25 @@ fn redact(line: &str) -> String {
 
 /// The simulated modem's pseudo-terminal: the slave path is what `modem:PATH` opens.
 pub struct ModemPty {
-    master: File,
-    _slave: OwnedFd,
-    path: PathBuf,
-    symlink: Option<PathBuf>,
+    pty: super::pty::RawPty,
 }
 
 impl ModemPty {
     /// Create the pair (raw mode, non-blocking master); with `symlink`, also make a stable
     /// path that points at the slave.
     pub fn open(symlink: Option<&Path>) -> Result<ModemPty> {
-        let pty =
-            openpty(None, None).map_err(|e| Error::io("creating a pseudo-terminal", e.into()))?;
-        let mut t = tcgetattr(&pty.slave)
-            .map_err(|e| Error::io("reading pseudo-terminal settings", e.into()))?;
-        cfmakeraw(&mut t);
-        tcsetattr(&pty.slave, SetArg::TCSANOW, &t)
-            .map_err(|e| Error::io("setting the pseudo-terminal to raw mode", e.into()))?;
+        let pty = super::pty::RawPty::open(symlink)?;
         nix::fcntl::fcntl(
             pty.master.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| Error::io("making the pseudo-terminal non-blocking", e.into()))?;
-        let path = nix::unistd::ttyname(pty.slave.as_fd())
-            .map_err(|e| Error::io("finding the pseudo-terminal's name", e.into()))?;
-        if let Some(link) = symlink {
-            if link.symlink_metadata().is_ok() {
-                std::fs::remove_file(link).map_err(|e| {
-                    Error::io(format!("replacing the old link {}", link.display()), e)
-                })?;
-            }
-            std::os::unix::fs::symlink(&path, link)
-                .map_err(|e| Error::io(format!("creating the link {}", link.display()), e))?;
-        }
-        Ok(ModemPty {
-            master: File::from(pty.master),
-            _slave: pty.slave,
-            path,
-            symlink: symlink.map(Path::to_path_buf),
-        })
+        Ok(ModemPty { pty })
     }
 
     /// The slave path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.pty.path()
     }
 
     /// Run the modem until `stop` is set: bytes between the pseudo-terminal and the modem, the
@@ -1577,7 +1550,7 @@ impl ModemPty {
             for line in modem.take_log() {
                 on_log(line);
             }
-            flush(&mut self.master, &mut pending)?;
+            flush(&mut self.pty.master, &mut pending)?;
             // A request or output produced above (a peer that closed) is handled at once.
             if !modem.to_net.is_empty() || !modem.requests.is_empty() || !modem.log.is_empty() {
                 continue;
@@ -1591,7 +1564,7 @@ impl ModemPty {
                 if !pending.is_empty() {
                     events |= PollFlags::POLLOUT;
                 }
-                let mut fds = vec![PollFd::new(self.master.as_fd(), events)];
+                let mut fds = vec![PollFd::new(self.pty.master.as_fd(), events)];
                 if let Some(s) = &net {
                     fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
                 }
@@ -1612,7 +1585,7 @@ impl ModemPty {
                 )
             };
             if host_ready {
-                match self.master.read(&mut buf) {
+                match self.pty.master.read(&mut buf) {
                     Ok(n) => modem.host_input(start.elapsed(), &buf[..n]),
                     Err(e)
                         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
@@ -1649,14 +1622,6 @@ impl ModemPty {
             let _ = s.shutdown(Shutdown::Both);
         }
         Ok(())
-    }
-}
-
-impl Drop for ModemPty {
-    fn drop(&mut self) {
-        if let Some(link) = &self.symlink {
-            let _ = std::fs::remove_file(link);
-        }
     }
 }
 

@@ -21,17 +21,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// A pseudo-terminal pair whose slave path clients open.
-pub struct PtyEndpoint {
-    master: File,
-    _slave: OwnedFd,
+/// A pseudo-terminal pair in raw mode, with an optional stable symlink to its slave side
+/// (removed on drop). The simulator's endpoint and its simulated modem both serve one.
+pub struct RawPty {
+    /// The master side, which the simulator reads and writes.
+    pub master: File,
+    /// Kept open so that clients can come and go without the master seeing a hang-up; the
+    /// endpoint reads the baud rate a client sets from it.
+    pub slave: OwnedFd,
     path: PathBuf,
     symlink: Option<PathBuf>,
 }
 
-impl PtyEndpoint {
-    /// Create the pair; with `symlink`, also make a stable path that points at the slave.
-    pub fn open(symlink: Option<&Path>) -> Result<PtyEndpoint> {
+impl RawPty {
+    /// Create the pair and put the slave in raw mode; with `symlink`, also make a stable path
+    /// that points at the slave.
+    pub fn open(symlink: Option<&Path>) -> Result<RawPty> {
         let pty =
             openpty(None, None).map_err(|e| Error::io("creating a pseudo-terminal", e.into()))?;
         let mut t = tcgetattr(&pty.slave)
@@ -50,17 +55,44 @@ impl PtyEndpoint {
             std::os::unix::fs::symlink(&path, link)
                 .map_err(|e| Error::io(format!("creating the link {}", link.display()), e))?;
         }
-        Ok(PtyEndpoint {
+        Ok(RawPty {
             master: File::from(pty.master),
-            _slave: pty.slave,
+            slave: pty.slave,
             path,
             symlink: symlink.map(Path::to_path_buf),
         })
     }
 
-    /// The slave path clients open.
+    /// The slave path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for RawPty {
+    fn drop(&mut self) {
+        if let Some(link) = &self.symlink {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
+/// A pseudo-terminal pair whose slave path clients open.
+pub struct PtyEndpoint {
+    pty: RawPty,
+}
+
+impl PtyEndpoint {
+    /// Create the pair; with `symlink`, also make a stable path that points at the slave.
+    pub fn open(symlink: Option<&Path>) -> Result<PtyEndpoint> {
+        Ok(PtyEndpoint {
+            pty: RawPty::open(symlink)?,
+        })
+    }
+
+    /// The slave path clients open.
+    pub fn path(&self) -> &Path {
+        self.pty.path()
     }
 
     /// Serve the wire until `stop` is set. Clients may open and close the slave side as often
@@ -68,8 +100,8 @@ impl PtyEndpoint {
     pub fn serve(&mut self, wire: &mut Wire, clock: &RealClock, stop: &AtomicBool) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let mut conn = PtyConnection {
-                master: &mut self.master,
-                slave: &self._slave,
+                master: &mut self.pty.master,
+                slave: &self.pty.slave,
                 buf: [0; 1024],
                 baud: 0,
             };
@@ -146,13 +178,5 @@ impl Connection for PtyConnection<'_> {
         self.master
             .write_all(bytes)
             .map_err(|e| Error::io("writing the pseudo-terminal", e))
-    }
-}
-
-impl Drop for PtyEndpoint {
-    fn drop(&mut self) {
-        if let Some(link) = &self.symlink {
-            let _ = std::fs::remove_file(link);
-        }
     }
 }
