@@ -223,6 +223,25 @@ impl Error {
             Error::Refused(_) => "refused-by-chip-settings",
         }
     }
+
+    /// The process exit code the command-line tool uses for this error (the README's table):
+    /// 2 bad input, 3 no connection, 4 verify failed, 5 refused or out of protocol, 6 link or
+    /// file I/O.
+    pub fn exit_code(&self) -> u8 {
+        match self.root() {
+            Error::InvalidRequest(_) | Error::Image(_) | Error::Device(_) => 2,
+            Error::NoSync { .. } | Error::Link(LinkError::Open { .. }) => 3,
+            Error::Verify { .. } => 4,
+            Error::Nack { .. }
+            | Error::Timeout { .. }
+            | Error::UnexpectedReply { .. }
+            | Error::MalformedReply { .. }
+            | Error::Unsupported { .. }
+            | Error::Refused(_) => 5,
+            Error::Link(_) | Error::Io { .. } => 6,
+            Error::Diagnosed { .. } => 1,
+        }
+    }
 }
 
 fn hint_suffix(hint: &Option<String>) -> String {

@@ -10,6 +10,7 @@
 //! - [`sim`]: the simulated target, which speaks AN3155 from the chip's side, on a wire that
 //!   models line rate, overrun, latency, boot pins and faults, reachable in-process or over a
 //!   pseudo-terminal, TCP and RFC 2217.
+//! - [`config`]: `stm32boot.toml` files (station settings), found, checked and merged.
 //!
 //! Writing and verifying an image on the simulated target:
 //!
@@ -35,6 +36,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod image;

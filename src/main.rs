@@ -2,7 +2,7 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use cli::args::Cli;
 use cli::output::Bars;
 use serde_json::json;
@@ -50,7 +50,13 @@ fn findings(err: &anyhow::Error) -> Vec<stm32boot::Finding> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed in two steps so that the matches can say which connection options came from the
+    // command line or the environment (the rest may come from stm32boot.toml).
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    };
     let filter = match cli.verbose {
         0 => "warn",
         1 => "stm32boot=debug",
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    cli::settings::install(&matches, &cli);
     let mut bars = Bars::new(cli.json, cli.quiet);
     match cli::run::run(&cli, &mut bars) {
         Ok(outcome) => {

@@ -33,6 +33,15 @@ pub struct Cli {
     /// baud rate and parity, purges) on stderr. Progress bars are off while tracing.
     #[arg(long, global = true)]
     pub trace: bool,
+
+    /// Read the connection settings from this file only, instead of stm32boot.toml in the
+    /// working directory (or a parent) and in the user's config directory.
+    #[arg(long, global = true, value_name = "FILE", env = "STM32BOOT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Read no configuration file (not even --config or STM32BOOT_CONFIG).
+    #[arg(long, global = true)]
+    pub no_config: bool,
 }
 
 /// Options for reaching the chip.
@@ -268,6 +277,9 @@ pub enum Cmd {
     Completions(super::docs::CompletionsArgs),
     /// Print the manual page on stdout, or write one per subcommand into a directory.
     Man(super::docs::ManArgs),
+    /// Run a job file: ordered steps (erase, write, coeffs, ob, otp, verify, go); a run cut off
+    /// by a link or power loss is resumed where it stopped.
+    Run(super::job::RunArgs),
 }
 
 /// Where an image comes from.
@@ -322,6 +334,10 @@ pub struct WriteArgs {
     /// the same offsets inside the bank); `bank swap` then boots it.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub bank: Option<u8>,
+    /// Compare each page with the image first (Get Checksum, else read-back): pages that
+    /// already hold their content are neither erased nor written, blank ones are not erased.
+    #[arg(long)]
+    pub skip_unchanged: bool,
 }
 
 /// What to erase (exactly one).

@@ -217,7 +217,7 @@ fn show(args: &ConnectArgs, raw: bool, bars: &mut Bars) -> Result<Outcome> {
     }
 }
 
-fn plan_text(plan: &ObPlan) -> String {
+pub(super) fn plan_text(plan: &ObPlan) -> String {
     let mut t = String::new();
     for c in &plan.changes {
         t.push_str(&format!(

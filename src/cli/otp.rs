@@ -9,10 +9,10 @@ use super::run::{finish, open, Outcome};
 use anyhow::{anyhow, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use stm32boot::image::{Image, ImageFormat};
+use std::path::PathBuf;
 use stm32boot::ops::otp::{
-    self, Fill, LockState, OtpBlock, OtpLayout, OtpLockPlan, OtpScheme, OtpState, OtpWritePlan,
+    self, Fill, LockState, OtpBlock, OtpLayout, OtpLockPlan, OtpScheme, OtpState,
+    OtpTarget as Target, OtpWritePlan,
 };
 use stm32boot::ops::Progress;
 
@@ -291,14 +291,6 @@ fn show(conn_args: &ConnectArgs, every: bool, bars: &mut Bars) -> Result<Outcome
     })
 }
 
-/// Where the data goes, as given: at an address, or into a block (resolved once the part is
-/// known).
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Address(u32),
-    Block(usize, u32),
-}
-
 /// Load the data and where it goes, before the port opens.
 fn load_data(w: &OtpWriteArgs) -> Result<(Vec<u8>, Option<Target>, String)> {
     let given = match (w.block, w.address) {
@@ -306,77 +298,11 @@ fn load_data(w: &OtpWriteArgs) -> Result<(Vec<u8>, Option<Target>, String)> {
         (None, Some(a)) => Some(Target::Address(a)),
         (None, None) => None,
     };
-    if let Some(text) = &w.hex {
-        let data = otp::parse_hex_bytes(text).map_err(|e| invalid(format!("--hex: {e}")))?;
-        return Ok((data, given, "--hex".into()));
-    }
-    let Some(path) = &w.file else {
-        return Err(invalid("give a data file or --hex \"BYTES\"".into()));
-    };
-    let content = std::fs::read(path).map_err(|e| {
-        anyhow!(stm32boot::Error::Image(stm32boot::image::ImageError::Io {
-            path: path.clone(),
-            error: e,
-        }))
-    })?;
-    let from = path.display().to_string();
-    match ImageFormat::detect(path, &content) {
-        None | Some(ImageFormat::Bin) => {
-            if content.is_empty() {
-                return Err(invalid(format!("{from} is empty: nothing to write")));
-            }
-            if given.is_none() {
-                return Err(invalid(format!(
-                    "{from} holds raw bytes with no address: say where they go with --block N \
-                     [--offset O] or --address A"
-                )));
-            }
-            Ok((content, given, from))
-        }
-        Some(_) => addressed(path, given, from),
-    }
+    let d = otp::load_data(w.hex.as_deref(), w.file.as_deref(), given)?;
+    Ok((d.data, d.target, d.from))
 }
 
-/// A file that carries its own address (Intel HEX, S-record, ELF): one contiguous range.
-fn addressed(
-    path: &Path,
-    given: Option<Target>,
-    from: String,
-) -> Result<(Vec<u8>, Option<Target>, String)> {
-    let image = Image::load(path, None, None).map_err(|e| anyhow!(stm32boot::Error::from(e)))?;
-    let segments: Vec<(u32, &[u8])> = image.segments().collect();
-    let [(start, data)] = segments.as_slice() else {
-        let list: Vec<String> = segments
-            .iter()
-            .map(|(a, d)| format!("{}+{}", addr(*a), d.len()))
-            .collect();
-        return Err(invalid(format!(
-            "{from} holds {} separate ranges ({}): an OTP write takes one contiguous range, so \
-             write them one by one",
-            segments.len(),
-            list.join(", ")
-        )));
-    };
-    if let Some(Target::Address(a)) = given {
-        if a != *start {
-            return Err(invalid(format!(
-                "{from} places its data at {}, but --address says {}: drop --address (the file \
-                 carries its address) or make them agree",
-                addr(*start),
-                addr(a)
-            )));
-        }
-    }
-    if let Some(Target::Block(..)) = given {
-        return Err(invalid(format!(
-            "{from} places its data at {} itself: --block is for raw data (.bin or --hex)",
-            addr(*start)
-        )));
-    }
-    Ok((data.to_vec(), Some(Target::Address(*start)), from))
-}
-
-fn plan_text(plan: &OtpWritePlan) -> String {
+pub(super) fn plan_text(plan: &OtpWritePlan) -> String {
     let unit = plan.layout.unit_name();
     let mut lines = vec![format!(
         "{} bytes at {}-{} of the {} OTP:",
@@ -465,7 +391,7 @@ fn write(w: &OtpWriteArgs, bars: &mut Bars) -> Result<Outcome> {
     })
 }
 
-fn lock_plan_text(plan: &OtpLockPlan) -> String {
+pub(super) fn lock_plan_text(plan: &OtpLockPlan) -> String {
     format!(
         "lock block {} at {} of the {} OTP ({} now): write 00 to its lock byte {} (the {} bytes \
          {} at {})",

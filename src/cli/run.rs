@@ -17,9 +17,9 @@ use stm32boot::image::Image;
 use stm32boot::link::{LineSettings, Parity};
 use stm32boot::ops::connect::{EnterCommand, Leave};
 use stm32boot::ops::diagnose::{self, Failure, Operation};
-use stm32boot::ops::flash::{self, WriteOptions};
+use stm32boot::ops::flash::{self, EraseTarget, WriteOptions};
 use stm32boot::ops::option_bytes;
-use stm32boot::ops::plan::{erase_steps, EraseStep};
+use stm32boot::ops::plan::EraseStep;
 use stm32boot::ops::{connect, ConnectOptions, Connection, Note, Progress};
 use stm32boot::sequence::Sequence;
 use stm32boot::session::{Session, Timeouts};
@@ -79,6 +79,7 @@ pub fn run(cli: &Cli, bars: &mut Bars) -> Result<Outcome> {
         Cmd::Doctor(a) => super::doctor::run(a, bars),
         Cmd::Completions(a) => super::docs::completions(a),
         Cmd::Man(a) => super::docs::man(a),
+        Cmd::Run(a) => super::job::run(a, cli.json, cli.quiet, bars),
     }
 }
 
@@ -91,6 +92,9 @@ fn table(device_file: Option<&Path>) -> Result<DeviceTable> {
 }
 
 pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
+    // Options the command line and the environment left out come from stm32boot.toml.
+    let applied = super::settings::apply(args)?;
+    let args = &applied.args;
     // Everything the user typed is checked before the port opens.
     let no_sync = args
         .before
@@ -116,7 +120,7 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
         },
     };
     let entry = sequence.map(|s| s.entry).unwrap_or_default();
-    let (link, table) = open_link(args, bars)?;
+    let (link, table) = link_for(&applied, bars)?;
     let enter = args.enter.as_ref().map(|bytes| EnterCommand {
         bytes: bytes.0.clone(),
         wait: args.enter_wait,
@@ -134,7 +138,10 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
         no_sync,
         leave,
     };
-    Ok(connect(session, &table, &options, bars)?)
+    let conn = connect(session, &table, &options, bars)?;
+    // The part the configuration expects, before anything is written.
+    super::settings::check_device(&conn.device, &applied)?;
+    Ok(conn)
 }
 
 /// Open the port with the line settings and DTR/RTS levels asked for, without talking to the
@@ -143,15 +150,18 @@ pub(super) fn open_link(
     args: &ConnectArgs,
     bars: &mut Bars,
 ) -> Result<(Box<dyn stm32boot::link::Link>, DeviceTable)> {
-    let port = args.port.as_deref().ok_or_else(|| {
-        anyhow!(stm32boot::Error::InvalidRequest(
-            "no port given: pass --port /dev/ttyUSB0 (or --port sim:stm32f411 for the simulated \
-             target), or set STM32BOOT_PORT; `stm32boot ports` lists serial ports"
-                .into()
-        ))
-    })?;
-    let spec = PortSpec::parse(port)?;
+    link_for(&super::settings::apply(args)?, bars)
+}
+
+/// [`open_link`] with the configuration already applied.
+fn link_for(
+    applied: &super::settings::Applied,
+    bars: &mut Bars,
+) -> Result<(Box<dyn stm32boot::link::Link>, DeviceTable)> {
+    let args = &applied.args;
+    let spec = super::settings::port_spec(applied, bars)?;
     let table = table(args.device_file.as_deref())?;
+    super::settings::check_known_device(&table, applied)?;
     if let PortSpec::Listen { addr, wait } = &spec {
         bars.note(Note::Info(format!(
             "waiting up to {} for a device to dial in on {addr}",
@@ -347,7 +357,42 @@ fn plan_json(device: &Device, plan: &stm32boot::ops::FlashPlan) -> Value {
     })
 }
 
-fn pages_text(pages: &[Page]) -> String {
+/// A write's plan for people: the erase commands with every page they erase, the Write Memory
+/// commands, and what happens to partly covered pages (shared by `write --dry-run` and
+/// `run --dry-run`).
+pub(super) fn write_plan_text(
+    file: &str,
+    device: &Device,
+    plan: &stm32boot::ops::FlashPlan,
+    preserve: bool,
+) -> String {
+    let erased: Vec<Page> = plan
+        .erase
+        .iter()
+        .flat_map(|s| s.pages(device).iter().copied())
+        .collect();
+    let mut text = format!(
+        "plan for {file} on {}: {} erase command(s), {} page(s):\n{}\nthen {} Write Memory commands ({} bytes), {} all-erased block(s) skipped",
+        device.name,
+        plan.erase.len(),
+        erased.len(),
+        pages_text(&erased),
+        plan.blocks.len(),
+        plan.bytes_to_write(),
+        plan.skipped_blocks
+    );
+    for p in &plan.partial_pages {
+        if preserve {
+            text.push_str(&format!("\npage {} (0x{:08X}) is only partly covered: it is read first, journalled, and written back whole with the image laid over it", p.index, p.address));
+        } else {
+            text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased (--no-preserve)", p.index));
+        }
+    }
+    text
+}
+
+/// One line per page: number, address and size.
+pub(super) fn pages_text(pages: &[Page]) -> String {
     pages
         .iter()
         .map(|p| {
@@ -377,7 +422,10 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     options.plan.skip_erased_blocks = !w.no_skip;
     options.preserve = !w.no_preserve && !w.no_erase;
     options.protect = w.protect.clone();
+    // Ranges stm32boot.toml protects hold as well as --protect ones.
+    options.protect.extend(super::settings::protected_ranges()?);
     options.force = w.force;
+    options.skip_matching_pages = w.skip_unchanged;
     options.journal = if w.no_journal {
         None
     } else {
@@ -389,46 +437,14 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     if dry_run {
         let device = conn.device.clone();
         finish(conn)?;
-        let erased: Vec<Page> = plan
-            .erase
-            .iter()
-            .flat_map(|s| s.pages(&device).iter().copied())
-            .collect();
-        let mut text = format!(
-            "plan for {file} on {}: {} erase command(s), {} page(s):\n{}\nthen {} Write Memory commands ({} bytes), {} all-erased block(s) skipped",
-            device.name,
-            plan.erase.len(),
-            erased.len(),
-            pages_text(&erased),
-            plan.blocks.len(),
-            plan.bytes_to_write(),
-            plan.skipped_blocks
-        );
-        for p in &plan.partial_pages {
-            if options.preserve {
-                text.push_str(&format!("\npage {} (0x{:08X}) is only partly covered: it is read first, journalled, and written back whole with the image laid over it", p.index, p.address));
-            } else {
-                text.push_str(&format!("\nwarning: page {} is only partly covered by the image; the rest of it would be erased (--no-preserve)", p.index));
-            }
-        }
+        let mut text = write_plan_text(&file, &device, &plan, options.preserve);
         text.push_str("\n(dry run: nothing was changed)");
         return Ok(Outcome {
             text,
             json: json!({ "dry_run": true, "file": file, "plan": plan_json(&device, &plan), "preserve": options.preserve }),
         });
     }
-    let mut pages: Vec<u16> = plan
-        .erase
-        .iter()
-        .flat_map(|st| st.pages(&conn.device).iter().map(|p| p.index))
-        .collect();
-    pages.extend(
-        plan.blocks
-            .iter()
-            .filter_map(|b| conn.device.page_at(b.address).map(|p| p.index)),
-    );
-    pages.sort_unstable();
-    pages.dedup();
+    let pages = flash::pages_touched(&conn.device, &plan);
     diagnose::check_writable(&mut conn, &pages, Operation::Write)?;
     warn_unselected_bank(&mut conn, &image, w.bank, bars);
     let report = match flash::write_image(&mut conn, &image, &options, bars) {
@@ -610,81 +626,28 @@ fn erase(
     // Parse what can be parsed before the port opens.
     let pages_arg = what.pages.as_deref().map(parse_page_range).transpose()?;
     let range_arg = what.range;
+    let target = if what.all {
+        EraseTarget::All
+    } else if let Some(bank) = what.bank {
+        EraseTarget::Bank(bank)
+    } else if let Some((a, b)) = pages_arg {
+        EraseTarget::Pages((a..=b).collect())
+    } else if let Some((addr, len)) = range_arg {
+        EraseTarget::Range(addr, len)
+    } else {
+        return Err(anyhow!(stm32boot::Error::InvalidRequest(
+            "say what to erase: --all, --bank N, --pages A..B or --range ADDR:LEN".into(),
+        )));
+    };
     let mut conn = open(args, bars)?;
     let device = conn.device.clone();
-    let opts = flash::plan_options(&conn);
-    let invalid = |m: String| anyhow!(stm32boot::Error::InvalidRequest(m));
-    let (pages, steps): (Vec<Page>, Vec<EraseStep>) = if what.all {
-        (
-            device.pages.clone(),
-            erase_steps(&device, &device.pages, &opts),
-        )
-    } else if let Some(bank) = what.bank {
-        if bank > device.banks {
-            return Err(invalid(format!(
-                "the {} has {} bank(s); there is no bank {bank}",
-                device.name, device.banks
-            )));
-        }
-        let p: Vec<Page> = device
-            .pages
-            .iter()
-            .filter(|p| p.bank == bank)
-            .copied()
-            .collect();
-        (p, Vec::new())
-    } else if let Some((a, b)) = pages_arg {
-        let mut p = Vec::new();
-        for i in a..=b {
-            let page = device.page_by_index(i).ok_or_else(|| {
-                invalid(format!(
-                    "the {} has no page {i}: its pages are numbered {}..{}",
-                    device.name,
-                    device.pages.first().map(|p| p.index).unwrap_or(0),
-                    device.pages.last().map(|p| p.index).unwrap_or(0)
-                ))
-            })?;
-            p.push(*page);
-        }
-        let s = erase_steps(&device, &p, &opts);
-        (p, s)
-    } else if let Some((addr, len)) = range_arg {
-        let end = u64::from(addr) + u64::from(len);
-        if !device.in_flash(addr, u64::from(len)) {
-            return Err(invalid(format!(
-                "--range 0x{addr:08X}:{len} is not inside the flash (0x{:08X}-0x{:08X})",
-                device.flash.start, device.flash.end
-            )));
-        }
-        let p = device.pages_overlapping(addr, end).to_vec();
-        let (first, last) = match (p.first(), p.last()) {
-            (Some(f), Some(l)) => (*f, *l),
-            _ => return Err(invalid("--range covers no page".into())),
-        };
-        if first.address != addr || last.end() != end {
-            let grown = format!(
-                "0x{:08X}:0x{:X} (pages {}..{})",
-                first.address,
-                last.end() - u64::from(first.address),
-                first.index,
-                last.index
-            );
-            if !expand {
-                return Err(invalid(format!(
-                    "--range 0x{addr:08X}:0x{len:X} is not on page bounds; erasing whole pages would cover {grown}: pass --expand to do that"
-                )));
-            }
-            bars.note(Note::Warning(format!(
-                "--range grown to whole pages: {grown}"
-            )));
-        }
-        let s = erase_steps(&device, &p, &opts);
-        (p, s)
-    } else {
-        return Err(invalid(
-            "say what to erase: --all, --bank N, --pages A..B or --range ADDR:LEN".into(),
-        ));
-    };
+    let plan = flash::plan_erase(&conn, &target, expand)?;
+    if let Some(grown) = &plan.grown {
+        bars.note(Note::Warning(format!(
+            "--range grown to whole pages: {grown}"
+        )));
+    }
+    let pages = plan.pages.clone();
     if dry_run {
         finish(conn)?;
         return Ok(Outcome {
@@ -699,11 +662,7 @@ fn erase(
     }
     let indices: Vec<u16> = pages.iter().map(|p| p.index).collect();
     diagnose::check_writable(&mut conn, &indices, Operation::Erase)?;
-    let result = match what.bank {
-        Some(bank) => flash::erase_bank(&mut conn, bank, bars),
-        None => flash::run_erase(&mut conn, &steps, bars),
-    };
-    let erased = match result {
+    let erased = match flash::run_erase_plan(&mut conn, &plan, bars) {
         Ok(n) => n,
         Err(e) if diagnose::worth_diagnosing(&e) => {
             let failure = Failure {

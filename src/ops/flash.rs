@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::ops::connect::Connection;
 use crate::ops::journal::{ChipKey, Journal, PageEntry};
-use crate::ops::plan::{EraseStep, FlashPlan, PlanOptions};
+use crate::ops::plan::{erase_steps, EraseStep, FlashPlan, PageCheck, PlanOptions};
 use crate::ops::progress::{Note, Progress, Stage};
 use crate::protocol::crc::{stm32_crc, DEFAULT_INIT, DEFAULT_POLYNOMIAL};
 use crate::protocol::{Command, EraseRequest, MAX_BLOCK};
@@ -38,6 +38,12 @@ pub struct WriteReport {
     pub verified: Option<VerifyMethod>,
     /// Pages the image covered only in part whose other bytes were kept.
     pub pages_preserved: usize,
+    /// Pages left alone because they already held their content
+    /// ([`WriteOptions::skip_matching_pages`]).
+    pub pages_unchanged: usize,
+    /// Pages written without an erase because they were already blank
+    /// ([`WriteOptions::skip_matching_pages`]).
+    pub pages_already_blank: usize,
 }
 
 /// Options for [`write_image`].
@@ -57,6 +63,11 @@ pub struct WriteOptions {
     pub protect: Vec<(u32, u32)>,
     /// Write even where the plan touches a protected range.
     pub force: bool,
+    /// Before erasing, compare every page of the plan with the image (Get Checksum where the
+    /// bootloader has it, else reading back): a page that already holds its content is neither
+    /// erased nor written, and a blank page is written without an erase. For resuming a write
+    /// that was cut off, and for updates that change a few pages of a large image.
+    pub skip_matching_pages: bool,
 }
 
 impl WriteOptions {
@@ -70,6 +81,7 @@ impl WriteOptions {
             journal: crate::ops::journal::default_dir(),
             protect: Vec::new(),
             force: false,
+            skip_matching_pages: false,
         }
     }
 }
@@ -168,10 +180,22 @@ pub fn write_image(
         }
         (std::borrow::Cow::Borrowed(image), plan)
     };
+    let (plan, checks) = if options.skip_matching_pages {
+        let checks = check_pages(conn, &image, &plan, progress)?;
+        let trimmed = plan.without_done_pages(&conn.device, &checks, &options.plan);
+        (trimmed, checks)
+    } else {
+        (plan, Vec::new())
+    };
     let mut report = execute(conn, &image, &plan, options.verify, progress)?;
     if options.preserve {
         report.pages_preserved = preserved;
     }
+    report.pages_unchanged = checks.iter().filter(|(_, c)| *c == PageCheck::Done).count();
+    report.pages_already_blank = checks
+        .iter()
+        .filter(|(_, c)| *c == PageCheck::Blank)
+        .count();
     if let Some(j) = journal.as_mut() {
         j.clear()?;
     }
@@ -208,6 +232,203 @@ fn execute(
         report.verified = Some(verify_image(conn, image, progress)?);
     }
     Ok(report)
+}
+
+/// What each flash page of `plan` holds now, compared with what writing `image` leaves in it
+/// (the image over the page, the erased value where it has no data): Get Checksum where the
+/// bootloader offers it, else reading the page back. Changes nothing.
+pub fn check_pages(
+    conn: &mut Connection,
+    image: &Image,
+    plan: &FlashPlan,
+    progress: &mut dyn Progress,
+) -> Result<Vec<(Page, PageCheck)>> {
+    let erased = conn.device.rules.erased;
+    let use_crc = conn.bootloader.supports(Command::GetChecksum);
+    let total: u64 = plan.pages.iter().map(|p| u64::from(p.size)).sum();
+    progress.start(Stage::Check, total);
+    let mut out = Vec::with_capacity(plan.pages.len());
+    let mut done = 0u64;
+    for page in &plan.pages {
+        let want = image.to_dense(page.address, page.size, erased);
+        let blank = vec![erased; page.size as usize];
+        let check = if use_crc {
+            let crc = conn.session.get_checksum(
+                page.address,
+                page.size / 4,
+                DEFAULT_POLYNOMIAL,
+                DEFAULT_INIT,
+            )?;
+            if crc == stm32_crc(&want) {
+                PageCheck::Done
+            } else if crc == stm32_crc(&blank) {
+                PageCheck::Blank
+            } else {
+                PageCheck::Other
+            }
+        } else {
+            let mut now = vec![0u8; page.size as usize];
+            for (i, chunk) in now.chunks_mut(MAX_BLOCK).enumerate() {
+                conn.session
+                    .read_memory(page.address + (i * MAX_BLOCK) as u32, chunk)?;
+                progress.update(Stage::Check, done + ((i * MAX_BLOCK) + chunk.len()) as u64);
+            }
+            if now == want {
+                PageCheck::Done
+            } else if now == blank {
+                PageCheck::Blank
+            } else {
+                PageCheck::Other
+            }
+        };
+        done += u64::from(page.size);
+        progress.update(Stage::Check, done);
+        out.push((*page, check));
+    }
+    progress.finish(Stage::Check);
+    Ok(out)
+}
+
+/// The pages a plan erases or writes, by index, sorted: what must not be write-protected.
+pub fn pages_touched(device: &crate::device::Device, plan: &FlashPlan) -> Vec<u16> {
+    let mut pages: Vec<u16> = plan
+        .erase
+        .iter()
+        .flat_map(|st| st.pages(device).iter().map(|p| p.index))
+        .collect();
+    pages.extend(
+        plan.blocks
+            .iter()
+            .filter_map(|b| device.page_at(b.address).map(|p| p.index)),
+    );
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
+/// What to erase, as the user names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseTarget {
+    /// The whole flash.
+    All,
+    /// One bank (1 or 2), with the Extended Erase bank codes.
+    Bank(u8),
+    /// Pages by number.
+    Pages(Vec<u16>),
+    /// An address range (start, length).
+    Range(u32, u32),
+}
+
+/// The pages an [`EraseTarget`] erases and the commands that do it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasePlan {
+    /// Every page erased.
+    pub pages: Vec<Page>,
+    /// The erase commands (empty for a bank erase, which [`erase_bank`] sends).
+    pub steps: Vec<EraseStep>,
+    /// The bank, for a bank erase.
+    pub bank: Option<u8>,
+    /// For a range off page bounds grown with `expand`: what it grew to.
+    pub grown: Option<String>,
+}
+
+/// Plan an erase on `conn`'s chip. A range must start and end on page bounds unless `expand`
+/// (then [`ErasePlan::grown`] says what it covers). Changes nothing.
+pub fn plan_erase(conn: &Connection, target: &EraseTarget, expand: bool) -> Result<ErasePlan> {
+    let device = &conn.device;
+    let opts = plan_options(conn);
+    let invalid = Error::InvalidRequest;
+    let mut grown = None;
+    let (pages, steps, bank): (Vec<Page>, Vec<EraseStep>, Option<u8>) = match target {
+        EraseTarget::All => (
+            device.pages.clone(),
+            erase_steps(device, &device.pages, &opts),
+            None,
+        ),
+        EraseTarget::Bank(bank) => {
+            if *bank == 0 || *bank > device.banks {
+                return Err(invalid(format!(
+                    "the {} has {} bank(s); there is no bank {bank}",
+                    device.name, device.banks
+                )));
+            }
+            let p: Vec<Page> = device
+                .pages
+                .iter()
+                .filter(|p| p.bank == *bank)
+                .copied()
+                .collect();
+            (p, Vec::new(), Some(*bank))
+        }
+        EraseTarget::Pages(indices) => {
+            let mut p = Vec::with_capacity(indices.len());
+            for &i in indices {
+                let page = device.page_by_index(i).ok_or_else(|| {
+                    invalid(format!(
+                        "the {} has no page {i}: its pages are numbered {}..{}",
+                        device.name,
+                        device.pages.first().map(|p| p.index).unwrap_or(0),
+                        device.pages.last().map(|p| p.index).unwrap_or(0)
+                    ))
+                })?;
+                if !p.contains(page) {
+                    p.push(*page);
+                }
+            }
+            let s = erase_steps(device, &p, &opts);
+            (p, s, None)
+        }
+        EraseTarget::Range(addr, len) => {
+            let (addr, len) = (*addr, *len);
+            let end = u64::from(addr) + u64::from(len);
+            if !device.in_flash(addr, u64::from(len)) {
+                return Err(invalid(format!(
+                    "--range 0x{addr:08X}:{len} is not inside the flash (0x{:08X}-0x{:08X})",
+                    device.flash.start, device.flash.end
+                )));
+            }
+            let p = device.pages_overlapping(addr, end).to_vec();
+            let (first, last) = match (p.first(), p.last()) {
+                (Some(f), Some(l)) => (*f, *l),
+                _ => return Err(invalid("--range covers no page".into())),
+            };
+            if first.address != addr || last.end() != end {
+                let text = format!(
+                    "0x{:08X}:0x{:X} (pages {}..{})",
+                    first.address,
+                    last.end() - u64::from(first.address),
+                    first.index,
+                    last.index
+                );
+                if !expand {
+                    return Err(invalid(format!(
+                        "--range 0x{addr:08X}:0x{len:X} is not on page bounds; erasing whole pages would cover {text}: pass --expand to do that"
+                    )));
+                }
+                grown = Some(text);
+            }
+            let s = erase_steps(device, &p, &opts);
+            (p, s, None)
+        }
+    };
+    Ok(ErasePlan {
+        pages,
+        steps,
+        bank,
+        grown,
+    })
+}
+
+/// Carry out an [`ErasePlan`]; returns how many pages were erased.
+pub fn run_erase_plan(
+    conn: &mut Connection,
+    plan: &ErasePlan,
+    progress: &mut dyn Progress,
+) -> Result<usize> {
+    match plan.bank {
+        Some(bank) => erase_bank(conn, bank, progress),
+        None => run_erase(conn, &plan.steps, progress),
+    }
 }
 
 /// The journal of the connected chip, keyed by its unique ID.
@@ -334,7 +555,11 @@ pub fn recover(
             continue;
         }
         let image = Image::from_bin(&want, page.address).map_err(Error::Image)?;
-        let plan = plan_write(conn, &image, &plan_options(conn))?;
+        let mut plan = plan_write(conn, &image, &plan_options(conn))?;
+        if now.iter().all(|&b| b == conn.device.rules.erased) {
+            // Erased by the cut-off run and not written yet: no need to erase it again.
+            plan.erase.clear();
+        }
         execute(conn, &image, &plan, true, progress)?;
         out.push(RecoveredPage {
             address: page.address,

@@ -15,22 +15,28 @@ use std::path::{Path, PathBuf};
 
 const VERSION: u32 = 1;
 
-/// The journal directory used when none is given: `$STM32BOOT_STATE_DIR`, else
+/// The journal directory used when none is given: `$STM32BOOT_STATE_DIR/journal`, else
 /// `$XDG_STATE_HOME/stm32boot/journal`, else `~/.local/state/stm32boot/journal`.
 pub fn default_dir() -> Option<PathBuf> {
+    state_root().map(|d| d.join("journal"))
+}
+
+/// The tool's state directory, which holds the page journal (`journal/`) and the progress of
+/// job files (`jobs/`): `$STM32BOOT_STATE_DIR`, else `$XDG_STATE_HOME/stm32boot`, else
+/// `~/.local/state/stm32boot`.
+pub fn state_root() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("STM32BOOT_STATE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("journal"));
+        return Some(PathBuf::from(d));
     }
     if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("stm32boot").join("journal"));
+        return Some(PathBuf::from(d).join("stm32boot"));
     }
     let home = std::env::var_os("HOME").filter(|d| !d.is_empty())?;
     Some(
         PathBuf::from(home)
             .join(".local")
             .join("state")
-            .join("stm32boot")
-            .join("journal"),
+            .join("stm32boot"),
     )
 }
 
@@ -181,15 +187,7 @@ impl Journal {
         };
         let json = serde_json::to_vec(&file)
             .map_err(|e| Error::InvalidRequest(format!("encoding the journal: {e}")))?;
-        let tmp = self.path.with_extension("tmp");
-        let ctx = |what: &str| format!("{what} the journal {}", self.path.display());
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
-        f.write_all(&json)
-            .map_err(|e| Error::io(ctx("writing"), e))?;
-        f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(ctx("renaming"), e))?;
-        sync_dir(dir)
+        write_durably(&self.path, &json, "the journal")
     }
 
     /// Forget the entries: the pages are as they should be.
@@ -205,7 +203,23 @@ impl Journal {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// Replace `path` with `bytes` so that a crash leaves the old or the new content, never a mix:
+/// write a temporary file beside it, fsync it, rename it into place and fsync the directory.
+/// `what` names the file in errors ("the journal").
+pub(crate) fn write_durably(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let ctx = |verb: &str| format!("{verb} {what} {}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(ctx("creating"), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
+    f.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(ctx("renaming"), e))?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("syncing the directory {}", dir.display()), e))

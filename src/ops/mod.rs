@@ -10,6 +10,8 @@ pub mod connect;
 pub mod diagnose;
 pub mod doctor;
 pub mod flash;
+pub mod job;
+pub mod job_run;
 pub mod journal;
 pub mod option_bytes;
 pub mod otp;

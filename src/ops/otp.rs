@@ -984,6 +984,113 @@ pub fn lock(
     lock_block(conn, &plan, progress)
 }
 
+/// Where OTP data goes, as the user gives it: at an address, or into a block (resolved with
+/// [`OtpLayout::address_in_block`] once the part is known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpTarget {
+    /// At this address.
+    Address(u32),
+    /// Into this block (F2/F4/F7) or from this double word on (L4/G0/G4/WB/WL), at this byte
+    /// offset.
+    Block(usize, u32),
+}
+
+/// OTP data checked before the port opens: the bytes, where they go (if known yet), and where
+/// they came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtpData {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Where they go: given, or the address an addressed file carries.
+    pub target: Option<OtpTarget>,
+    /// `--hex` or the file name.
+    pub from: String,
+}
+
+/// Load OTP data from hex text or a file, before the port opens. A raw file (`.bin` or an
+/// unknown format) needs `given`; an Intel HEX, S-record or ELF file carries its address (one
+/// contiguous range), which must agree with a given address and rules out a block.
+pub fn load_data(
+    hex: Option<&str>,
+    file: Option<&std::path::Path>,
+    given: Option<OtpTarget>,
+) -> Result<OtpData> {
+    use crate::image::{Image, ImageError, ImageFormat};
+    let invalid = Error::InvalidRequest;
+    if let Some(text) = hex {
+        let data = parse_hex_bytes(text).map_err(|e| invalid(format!("--hex: {e}")))?;
+        return Ok(OtpData {
+            data,
+            target: given,
+            from: "--hex".into(),
+        });
+    }
+    let Some(path) = file else {
+        return Err(invalid("give a data file or --hex \"BYTES\"".into()));
+    };
+    let content = std::fs::read(path).map_err(|e| {
+        Error::Image(ImageError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        })
+    })?;
+    let from = path.display().to_string();
+    match ImageFormat::detect(path, &content) {
+        None | Some(ImageFormat::Bin) => {
+            if content.is_empty() {
+                return Err(invalid(format!("{from} is empty: nothing to write")));
+            }
+            if given.is_none() {
+                return Err(invalid(format!(
+                    "{from} holds raw bytes with no address: say where they go with --block N \
+                     [--offset O] or --address A"
+                )));
+            }
+            Ok(OtpData {
+                data: content,
+                target: given,
+                from,
+            })
+        }
+        Some(_) => {
+            let image = Image::load(path, None, None)?;
+            let segments: Vec<(u32, &[u8])> = image.segments().collect();
+            let [(start, data)] = segments.as_slice() else {
+                let list: Vec<String> = segments
+                    .iter()
+                    .map(|(a, d)| format!("0x{a:08X}+{}", d.len()))
+                    .collect();
+                return Err(invalid(format!(
+                    "{from} holds {} separate ranges ({}): an OTP write takes one contiguous \
+                     range, so write them one by one",
+                    segments.len(),
+                    list.join(", ")
+                )));
+            };
+            match given {
+                Some(OtpTarget::Address(a)) if a != *start => {
+                    return Err(invalid(format!(
+                        "{from} places its data at 0x{start:08X}, but --address says 0x{a:08X}: \
+                         drop --address (the file carries its address) or make them agree"
+                    )))
+                }
+                Some(OtpTarget::Block(..)) => {
+                    return Err(invalid(format!(
+                        "{from} places its data at 0x{start:08X} itself: --block is for raw \
+                         data (.bin or --hex)"
+                    )))
+                }
+                _ => {}
+            }
+            Ok(OtpData {
+                data: data.to_vec(),
+                target: Some(OtpTarget::Address(*start)),
+                from,
+            })
+        }
+    }
+}
+
 /// Parse bytes given as hex text: `DE AD BE EF`, `DEADBEEF`, `de:ad:be:ef`, `0xDE,0xAD`.
 /// Separators are whitespace, `,`, `:` and `-`; each piece holds an even number of hex digits.
 pub fn parse_hex_bytes(text: &str) -> Result<Vec<u8>> {

@@ -166,6 +166,116 @@ impl FlashPlan {
     }
 }
 
+/// What a page of a plan already holds on the chip, as checked before a resumed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageCheck {
+    /// Exactly what the write would leave in it: neither erased nor written again.
+    Done,
+    /// Only the erased value: written, but not erased again.
+    Blank,
+    /// Anything else: erased (if the plan erases) and written.
+    Other,
+}
+
+impl FlashPlan {
+    /// The plan without the work that `checks` shows is already done: pages that hold their
+    /// target content are neither erased nor written, and pages that are blank are written but
+    /// not erased. A page missing from `checks` counts as [`PageCheck::Other`]. Blocks in RAM
+    /// stay; a block that spans a done page and another page (pages smaller than a block) keeps
+    /// only its part outside the done page. Pure: the checks come from the chip.
+    pub fn without_done_pages(
+        &self,
+        device: &Device,
+        checks: &[(Page, PageCheck)],
+        options: &PlanOptions,
+    ) -> FlashPlan {
+        let check = |p: &Page| {
+            checks
+                .iter()
+                .find(|(q, _)| q.address == p.address)
+                .map_or(PageCheck::Other, |(_, c)| *c)
+        };
+        let done: Vec<Page> = self
+            .pages
+            .iter()
+            .filter(|p| check(p) == PageCheck::Done)
+            .copied()
+            .collect();
+        let in_done = |addr: u32| {
+            done.iter()
+                .any(|p| p.address <= addr && p.end() > u64::from(addr))
+        };
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let end = b.address as u64 + b.data.len() as u64;
+            let touches_done = done
+                .iter()
+                .any(|p| u64::from(p.address) < end && p.end() > u64::from(b.address));
+            if !touches_done {
+                blocks.push(b.clone());
+                continue;
+            }
+            // Keep the runs of the block that lie outside done pages.
+            let mut run_start: Option<u32> = None;
+            for (i, _) in b.data.iter().enumerate() {
+                let addr = b.address + i as u32;
+                match (in_done(addr), run_start) {
+                    (false, None) => run_start = Some(addr),
+                    (true, Some(s)) => {
+                        let from = (s - b.address) as usize;
+                        blocks.push(WriteBlock {
+                            address: s,
+                            data: b.data[from..i].to_vec(),
+                        });
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = run_start {
+                let from = (s - b.address) as usize;
+                blocks.push(WriteBlock {
+                    address: s,
+                    data: b.data[from..].to_vec(),
+                });
+            }
+        }
+        let pages: Vec<Page> = self
+            .pages
+            .iter()
+            .filter(|p| check(p) != PageCheck::Done)
+            .copied()
+            .collect();
+        let erase = if self.erase.is_empty() {
+            Vec::new()
+        } else {
+            let to_erase: Vec<Page> = pages
+                .iter()
+                .filter(|p| check(p) == PageCheck::Other)
+                .copied()
+                .collect();
+            if to_erase.len() == self.pages.len() {
+                self.erase.clone()
+            } else {
+                erase_steps(device, &to_erase, options)
+            }
+        };
+        FlashPlan {
+            erase,
+            blocks,
+            skipped_blocks: self.skipped_blocks,
+            partial_pages: self
+                .partial_pages
+                .iter()
+                .filter(|p| check(p) != PageCheck::Done)
+                .copied()
+                .collect(),
+            pages,
+        }
+    }
+}
+
 /// Split a page list into commands of at most `max` pages, or one mass erase where the list is
 /// the whole flash and the part allows it.
 pub fn erase_steps(device: &Device, pages: &[Page], options: &PlanOptions) -> Vec<EraseStep> {
@@ -367,6 +477,80 @@ mod tests {
         let p = FlashPlan::new(&d, &whole, &opts).expect("test setup");
         assert_eq!(p.erase.len(), 3);
         assert_eq!(p.erase.iter().map(|s| s.page_count(&d)).sum::<usize>(), 512);
+    }
+
+    #[test]
+    fn done_pages_are_left_out_and_blank_pages_are_written_without_an_erase() {
+        let d = dev("stm32l476");
+        // Five 2 KiB pages, and a little in RAM.
+        let mut img = Image::from_bin(&vec![0x5A; 5 * 2048], 0x0800_0000).expect("test setup");
+        img.add(0x2000_4000, &[1; 8]).expect("test setup");
+        let p = plan(&d, &img);
+        let page = |i: u16| *d.page_by_index(i).expect("test setup");
+        let checks = [
+            (page(0), PageCheck::Done),
+            (page(1), PageCheck::Blank),
+            (page(2), PageCheck::Other),
+            (page(3), PageCheck::Done),
+            // page 4: not checked, so treated as Other
+        ];
+        let opts = PlanOptions::for_device(&d);
+        let q = p.without_done_pages(&d, &checks, &opts);
+        let erased: Vec<u16> = q
+            .erase
+            .iter()
+            .flat_map(|s| s.pages(&d).iter().map(|p| p.index))
+            .collect();
+        assert_eq!(erased, vec![2, 4]);
+        assert_eq!(
+            q.pages.iter().map(|p| p.index).collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
+        let in_page = |b: &WriteBlock, i: u16| d.page_at(b.address) == Some(&page(i));
+        for i in [0, 3] {
+            assert!(!q.blocks.iter().any(|b| in_page(b, i)), "page {i}");
+        }
+        for i in [1, 2, 4] {
+            assert_eq!(
+                q.blocks.iter().filter(|b| in_page(b, i)).count(),
+                8,
+                "page {i}"
+            );
+        }
+        assert!(
+            q.blocks.iter().any(|b| b.address == 0x2000_4000),
+            "RAM stays"
+        );
+        assert_eq!(q.bytes_to_write(), 3 * 2048 + 8);
+        // Nothing done: the plan is unchanged.
+        let same = p.without_done_pages(&d, &[], &opts);
+        assert_eq!(same.erase, p.erase);
+        assert_eq!(same.blocks, p.blocks);
+        // Everything done: only RAM is left.
+        let all: Vec<(Page, PageCheck)> = p.pages.iter().map(|p| (*p, PageCheck::Done)).collect();
+        let none = p.without_done_pages(&d, &all, &opts);
+        assert!(none.erase.is_empty() && none.pages.is_empty());
+        assert_eq!(none.blocks.len(), 1);
+    }
+
+    #[test]
+    fn a_block_over_a_done_page_and_another_keeps_only_the_other_part() {
+        // L0: 128-byte pages, so one 256-byte block spans two pages.
+        let d = dev("stm32l072");
+        let img = Image::from_bin(&[0x11; 256], 0x0800_0000).expect("test setup");
+        let p = plan(&d, &img);
+        assert_eq!(p.blocks.len(), 1);
+        let first = *d.page_by_index(0).expect("test setup");
+        let q = p.without_done_pages(
+            &d,
+            &[(first, PageCheck::Done)],
+            &PlanOptions::for_device(&d),
+        );
+        assert_eq!(q.blocks.len(), 1);
+        assert_eq!(q.blocks[0].address, 0x0800_0080);
+        assert_eq!(q.blocks[0].data.len(), 128);
+        assert_eq!(q.erase.len(), 1);
+        assert_eq!(q.erase[0].pages(&d)[0].index, 1);
     }
 
     #[test]

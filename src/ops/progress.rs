@@ -12,6 +12,8 @@ pub enum Stage {
     Write,
     /// Verifying.
     Verify,
+    /// Comparing pages with an image before writing (to skip the ones that already match).
+    Check,
 }
 
 impl Stage {
@@ -22,6 +24,7 @@ impl Stage {
             Stage::Erase => "erasing",
             Stage::Write => "writing",
             Stage::Verify => "verifying",
+            Stage::Check => "checking",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod serial;
 pub mod sim;
 pub mod tcp;
 pub mod trace;
+pub mod usb;
 
 use crate::device::DeviceTable;
 use crate::error::{Error, Result};
@@ -20,6 +21,9 @@ use crate::sim::SimSpec;
 pub enum PortSpec {
     /// A serial device path (`/dev/ttyUSB0`, `COM3`, a pseudo-terminal).
     Serial(String),
+    /// The USB serial adapter with these IDs (`usb:0403:6001`, `usb:10c4:ea60:0001`), found
+    /// among the serial ports when the link opens.
+    Usb(usb::UsbFilter),
     /// The in-process simulated target (`sim:stm32f411?state=chip.sim`).
     Sim(Box<SimSpec>),
     /// A raw TCP byte pipe (`tcp://host:port`): `host:port`.
@@ -73,7 +77,8 @@ fn with_query<'a>(
 }
 
 /// The schemes `--port` accepts, for messages.
-const SUPPORTED: &str = "a serial device path (/dev/ttyUSB0, COM3), sim:PART (the simulator), \
+const SUPPORTED: &str = "a serial device path (/dev/ttyUSB0, COM3), usb:VID:PID[:SERIAL] (the \
+                         USB serial adapter with these IDs), sim:PART (the simulator), \
                          modem:PATH?profile=… (an AT modem on a serial port, dialled into \
                          transparent mode), \
                          tcp://HOST:PORT (a raw TCP relay), rfc2217://HOST:PORT (an RFC 2217 \
@@ -120,6 +125,9 @@ fn host_port(scheme: &str, rest: &str) -> Result<String> {
 impl PortSpec {
     /// Parse a `--port` value.
     pub fn parse(port: &str) -> Result<PortSpec> {
+        if let Some(rest) = port.strip_prefix("usb:") {
+            return Ok(PortSpec::Usb(usb::UsbFilter::parse(rest)?));
+        }
         if let Some(rest) = port.strip_prefix("sim:") {
             return Ok(PortSpec::Sim(Box::new(SimSpec::parse(rest)?)));
         }
@@ -166,6 +174,10 @@ impl PortSpec {
     pub fn open(&self, line: LineSettings, table: &DeviceTable) -> Result<Box<dyn Link>> {
         match self {
             PortSpec::Serial(path) => Ok(Box::new(serial::SerialLink::open(path, line)?)),
+            PortSpec::Usb(filter) => {
+                let port = usb::resolve(filter)?;
+                Ok(Box::new(serial::SerialLink::open(&port.path, line)?))
+            }
             PortSpec::Sim(spec) => Ok(Box::new(sim::SimLink::new((**spec).clone(), table, line)?)),
             PortSpec::Tcp(addr) => Ok(Box::new(tcp::TcpLink::connect(addr, line)?)),
             PortSpec::Rfc2217(addr) => Ok(Box::new(rfc2217::Rfc2217Link::connect(addr, line)?)),
@@ -194,6 +206,15 @@ mod tests {
             PortSpec::Serial("/dev/ttyUSB0".into())
         );
         assert!(PortSpec::parse("").is_err());
+        assert_eq!(
+            PortSpec::parse("usb:0403:6001").expect("test setup"),
+            PortSpec::Usb(usb::UsbFilter {
+                vid: 0x0403,
+                pid: 0x6001,
+                serial: None
+            })
+        );
+        assert!(parse_error("usb:0403").contains("usb:VID:PID"));
         assert_eq!(
             PortSpec::parse("tcp://host:1").expect("test setup"),
             PortSpec::Tcp("host:1".into())

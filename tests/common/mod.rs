@@ -18,6 +18,8 @@ pub fn run(args: &[&str]) -> Output {
         .env_remove("STM32BOOT_BAUD")
         .env_remove("STM32BOOT_JOURNAL")
         .env("STM32BOOT_STATE_DIR", state.path())
+        // No user stm32boot.toml of the person running the tests.
+        .env("XDG_CONFIG_HOME", state.path())
         .output()
         .expect("the binary runs")
 }
@@ -284,4 +286,26 @@ impl PtySim {
     pub fn stop(self) {
         self.sim.stop();
     }
+}
+
+/// Run `stm32boot` with `args` in the working directory `dir`, with the variables `run` clears
+/// cleared (and `STM32BOOT_CONFIG`), the user configuration directory pointed at an empty
+/// temporary directory, and then `env` set (which may set `XDG_CONFIG_HOME` to another one).
+pub fn run_in(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stm32boot"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("STM32BOOT_PORT")
+        .env_remove("STM32BOOT_BAUD")
+        .env_remove("STM32BOOT_JOURNAL")
+        .env_remove("STM32BOOT_BEFORE")
+        .env_remove("STM32BOOT_AFTER")
+        .env_remove("STM32BOOT_CONFIG")
+        .env("STM32BOOT_STATE_DIR", state.path())
+        .env("XDG_CONFIG_HOME", state.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
 }
