@@ -49,6 +49,13 @@ fn findings(err: &anyhow::Error) -> Vec<stm32boot::Finding> {
     }
 }
 
+/// In a gang child: the chip's unique ID in the JSON result, for the parent's summary.
+fn with_uid(v: &mut serde_json::Value) {
+    if let (Some(uid), Some(obj)) = (cli::gang::uid(), v.as_object_mut()) {
+        obj.entry("uid").or_insert_with(|| json!(uid));
+    }
+}
+
 fn main() -> ExitCode {
     // Parsed in two steps so that the matches can say which connection options came from the
     // command line or the environment (the rest may come from stm32boot.toml).
@@ -70,7 +77,16 @@ fn main() -> ExitCode {
         .init();
     cli::settings::install(&matches, &cli);
     let mut bars = Bars::new(cli.json, cli.quiet);
-    match cli::run::run(&cli, &mut bars) {
+    // Several ports: gang mode runs the command once per port, in child processes.
+    let result = match cli::gang::prepare(&matches, &mut bars) {
+        Ok(cli::gang::Plan::Gang(ports)) => match cli::gang::run(&cli, &ports) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Ok(cli::gang::Plan::Single) => cli::run::run(&cli, &mut bars),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(outcome) => {
             if cli.json {
                 let mut v = json!({ "ok": true });
@@ -80,6 +96,7 @@ fn main() -> ExitCode {
                     obj.extend(extra);
                     obj.insert("notes".into(), json!(bars.notes));
                 }
+                with_uid(&mut v);
                 print_out(&v.to_string());
             } else if !cli.quiet && !outcome.text.is_empty() {
                 print_out(&outcome.text);
@@ -89,9 +106,9 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = exit_code(&err);
             if cli.json {
-                print_out(
-                    &json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code, "findings": findings(&err) }, "notes": bars.notes }).to_string()
-                );
+                let mut v = json!({ "ok": false, "error": { "code": error_code(&err), "message": format!("{err:#}"), "exit_code": code, "findings": findings(&err) }, "notes": bars.notes });
+                with_uid(&mut v);
+                print_out(&v.to_string());
             } else {
                 eprintln!("error: {err:#}");
             }

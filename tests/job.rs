@@ -100,7 +100,9 @@ fn events(out: &Output) -> Vec<Value> {
 
 /// One event against the schema: a known kind, every field present with its type, no others.
 fn check_event(schema: &Value, v: &Value) {
-    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
     let kind = obj
         .get("event")
         .and_then(Value::as_str)
@@ -109,7 +111,10 @@ fn check_event(schema: &Value, v: &Value) {
         .as_object()
         .unwrap_or_else(|| panic!("unknown event kind {kind}: {v}"));
     for key in obj.keys().filter(|k| *k != "event") {
-        assert!(fields.contains_key(key), "{kind}: unexpected field {key}: {v}");
+        assert!(
+            fields.contains_key(key),
+            "{kind}: unexpected field {key}: {v}"
+        );
     }
     for (key, ty) in fields {
         let value = obj
@@ -348,7 +353,10 @@ fn dry_run_lists_every_page_and_changes_nothing() {
     let planned = of_kind(&list, "step_planned");
     assert_eq!(planned.len(), 6);
     assert_eq!(planned[0]["plan"]["pages"], serde_json::json!([5]));
-    assert_eq!(planned[2]["plan"]["pages_to_erase"], serde_json::json!([1, 2]));
+    assert_eq!(
+        planned[2]["plan"]["pages_to_erase"],
+        serde_json::json!([1, 2])
+    );
     assert_eq!(list[0]["dry_run"], true);
     assert_eq!(st.chip.peek(FLASH, 512 * 1024), before);
 }
@@ -480,7 +488,11 @@ fn cut_and_resume(
     assert_eq!(err["code"], "link");
     assert_eq!(err["exit_code"], 6);
     assert_eq!(err["step"], 2, "cut mid-write: {err}");
-    assert_eq!(of_kind(&first, "step_finished").len(), 1, "the erase finished");
+    assert_eq!(
+        of_kind(&first, "step_finished").len(),
+        1,
+        "the erase finished"
+    );
 
     let after_cut = held(&st, &fw, &spans);
     let counts_at_cut = st.erase_counts();
@@ -537,7 +549,11 @@ fn cut_and_resume(
             assert_eq!(*count, at_cut, "page {page} was done before the cut");
         }
     }
-    assert_eq!(st.chip.peek(FLASH, fw.len()), fw, "the chip holds the image");
+    assert_eq!(
+        st.chip.peek(FLASH, fw.len()),
+        fw,
+        "the chip holds the image"
+    );
     assert_eq!(
         of_kind(&second, "step_finished")
             .iter()
@@ -724,4 +740,30 @@ confirm_otp = true
         &st.chip.port(),
     ]);
     assert!(read.contains("sequence 2"), "{read}");
+}
+
+#[test]
+fn write_skip_unchanged_leaves_matching_pages_alone() {
+    let st = Station::new("stm32f411", "");
+    let mut fw = pattern(40 * 1024, 12);
+    let file = st.put("fw.bin", &fw);
+    let write = |extra: &[&str]| {
+        let port = st.chip.port();
+        let mut args = vec!["write", path_str(&file), "-a", "0x08000000", "--verify"];
+        args.extend(extra);
+        args.extend(["--port", port.as_str()]);
+        ok(&args)
+    };
+    write(&[]);
+    // One byte changes in sector 1.
+    fw[0x4100] ^= 0xFF;
+    std::fs::write(&file, &fw).expect("test setup");
+    let out = write(&["--skip-unchanged"]);
+    assert!(
+        out.contains("1 page(s) erased") && out.contains("2 page(s) already held their content"),
+        "{out}"
+    );
+    assert_eq!(st.chip.peek(FLASH, fw.len()), fw);
+    let counts: Vec<u32> = st.erase_counts().iter().take(3).map(|(_, c)| *c).collect();
+    assert_eq!(counts, vec![1, 2, 1]);
 }

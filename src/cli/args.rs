@@ -48,8 +48,14 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
     /// Port: /dev/ttyUSB0, COM3, tcp://HOST:PORT, rfc2217://HOST:PORT or sim:PART[?state=FILE].
-    #[arg(long, short, env = "STM32BOOT_PORT")]
-    pub port: Option<String>,
+    /// Repeat it to run the command on every port in parallel (gang mode).
+    #[arg(long, short, env = "STM32BOOT_PORT", action = clap::ArgAction::Append)]
+    pub port: Vec<String>,
+
+    /// Run the command on every serial port whose path matches this pattern (e.g.
+    /// '/dev/ttyUSB*'), in parallel, with --port's ports (gang mode).
+    #[arg(long, value_name = "GLOB")]
+    pub ports: Option<String>,
 
     /// Baud rate (the bootloader detects 1200-115200 reliably).
     #[arg(long, short, env = "STM32BOOT_BAUD", default_value_t = 115_200, value_parser = parse_baud)]

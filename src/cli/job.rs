@@ -232,7 +232,7 @@ fn with_job_connect(cli: &ConnectArgs, job: &JobConnect, origin: &str) -> Connec
     };
     if let Some(v) = &job.port {
         if take("port") {
-            out.port = Some(v.clone());
+            out.port = vec![v.clone()];
         }
     }
     if let Some(v) = job.baud {

@@ -5,6 +5,7 @@ pub mod bank;
 pub mod coeffs;
 pub mod docs;
 pub mod doctor;
+pub mod gang;
 pub mod job;
 pub mod ob;
 pub mod otp;

@@ -11,6 +11,9 @@ pub struct Bars {
     enabled: bool,
     quiet: bool,
     trace: bool,
+    /// Report progress to a gang parent: the size of the current stage and the last percent
+    /// reported.
+    gang: Option<(u64, Option<u64>)>,
     /// Notes, kept for the JSON result.
     pub notes: Vec<Note>,
 }
@@ -23,6 +26,7 @@ impl Bars {
             enabled: !json && !quiet && std::io::stderr().is_terminal(),
             quiet: quiet || json,
             trace: false,
+            gang: None,
             notes: Vec::new(),
         }
     }
@@ -41,10 +45,37 @@ impl Bars {
     pub fn trace(&self) -> bool {
         self.trace
     }
+
+    /// In a gang child (see `super::gang`): report progress to the parent as JSON lines on
+    /// stderr, `{"gang":{"stage":"writing","done":N,"total":M}}`, at the start and end of each
+    /// stage and at most once per percent.
+    pub fn report_to_gang(&mut self) {
+        self.gang = Some((0, None));
+    }
+
+    /// Report `done` of the current stage to the gang parent, if this is a gang child and the
+    /// percent changed (or `force`).
+    fn gang_report(&mut self, stage: Stage, done: u64, force: bool) {
+        let Some((total, last)) = &mut self.gang else {
+            return;
+        };
+        let percent = done.saturating_mul(100) / (*total).max(1);
+        if !force && *last == Some(percent) {
+            return;
+        }
+        *last = Some(percent);
+        let line = serde_json::json!({ "gang": { "stage": stage.label(), "done": done, "total": *total } });
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
 }
 
 impl Progress for Bars {
     fn start(&mut self, stage: Stage, total: u64) {
+        if let Some(gang) = &mut self.gang {
+            *gang = (total, None);
+            self.gang_report(stage, 0, true);
+        }
         if !self.enabled {
             return;
         }
@@ -61,13 +92,17 @@ impl Progress for Bars {
         self.bar = Some(bar);
     }
 
-    fn update(&mut self, _stage: Stage, done: u64) {
+    fn update(&mut self, stage: Stage, done: u64) {
+        self.gang_report(stage, done, false);
         if let Some(b) = &self.bar {
             b.set_position(done);
         }
     }
 
-    fn finish(&mut self, _stage: Stage) {
+    fn finish(&mut self, stage: Stage) {
+        if let Some((total, _)) = self.gang {
+            self.gang_report(stage, total, true);
+        }
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }

@@ -138,7 +138,9 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
         no_sync,
         leave,
     };
-    let conn = connect(session, &table, &options, bars)?;
+    let mut conn = connect(session, &table, &options, bars)?;
+    // Gang mode's summary names each board's chip (nothing is sent outside gang mode).
+    super::gang::note_uid(&mut conn);
     // The part the configuration expects, before anything is written.
     super::settings::check_device(&conn.device, &applied)?;
     Ok(conn)
@@ -472,11 +474,17 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
         Some(flash::VerifyMethod::ReadBack) => ", verified by reading back",
         None => "",
     };
-    let kept = if report.pages_preserved > 0 {
+    let mut kept = if report.pages_preserved > 0 {
         format!(", {} partly covered page(s) kept", report.pages_preserved)
     } else {
         String::new()
     };
+    if report.pages_unchanged > 0 {
+        kept.push_str(&format!(
+            ", {} page(s) already held their content",
+            report.pages_unchanged
+        ));
+    }
     let mut text = format!(
         "wrote {} bytes of {file} in {} blocks ({} page(s) erased{kept}, {} all-erased block(s) skipped){verified}",
         image.total_len(),

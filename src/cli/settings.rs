@@ -83,6 +83,18 @@ pub fn install(matches: &ArgMatches, cli: &Cli) {
 /// Options set by the caller from elsewhere (a job file), with where they came from.
 static KEPT: Mutex<Vec<(&'static str, String)>> = Mutex::new(Vec::new());
 
+/// The port chosen by gang mode ([`use_port`]), which replaces the command line's.
+static CHOSEN_PORT: OnceLock<String> = OnceLock::new();
+
+/// Open `port` instead of the ports the command line names (a gang child's own port, or the
+/// only match of `--ports GLOB`): it ranks above everything, like a command-line port. `origin`
+/// is shown with `-v`. The first call wins.
+pub fn use_port(port: String, origin: impl Into<String>) {
+    if CHOSEN_PORT.set(port).is_ok() {
+        keep("port", origin);
+    }
+}
+
 fn kept(id: &str) -> Option<String> {
     KEPT.lock()
         .ok()
@@ -182,7 +194,9 @@ pub fn apply(args: &ConnectArgs) -> Result<Applied> {
             .given
             .iter()
             .find(|(g, _)| *g == id)
-            .map(|(_, src)| *src);
+            .map(|(_, src)| *src)
+            // Gang mode's choice replaces the command line's ports.
+            .filter(|_| !(id == "port" && CHOSEN_PORT.get().is_some()));
         let (origin, use_it) = match (given, kept(id), setting) {
             (Some(ValueSource::CommandLine), _, _) => ("command line".to_string(), false),
             (Some(_), _, _) => (env_name(id).to_string(), false),
@@ -197,8 +211,11 @@ pub fn apply(args: &ConnectArgs) -> Result<Applied> {
         s.as_ref().map(Sourced::origin)
     }
     let mut out = args.clone();
+    if let Some(port) = CHOSEN_PORT.get() {
+        out.port = vec![port.clone()];
+    }
     if let (true, Some(v)) = (from_file("port", origin(&s.port)), &s.port) {
-        out.port = Some(v.value.clone());
+        out.port = vec![v.value.clone()];
     }
     if let (true, Some(v)) = (from_file("baud", origin(&s.baud)), &s.baud) {
         out.baud = v.value;
@@ -246,7 +263,7 @@ pub fn apply(args: &ConnectArgs) -> Result<Applied> {
     }
     let shown = |v: Option<String>| v.unwrap_or_else(|| "(none)".into());
     let value = |id: &str| match id {
-        "port" => shown(out.port.clone()),
+        "port" => shown(Some(out.port.join(", ")).filter(|p| !p.is_empty())),
         "baud" => out.baud.to_string(),
         "parity" => format!("{:?}", out.parity).to_lowercase(),
         "before" => shown(out.before.clone()),
@@ -307,7 +324,14 @@ fn invalid(message: String) -> anyhow::Error {
 /// The port to open: the one given (a `usb:` port resolved to the matching adapter's path), or
 /// with none given the only USB serial adapter present; names the adapter it chose on stderr.
 pub fn port_spec(applied: &Applied, bars: &mut Bars) -> Result<PortSpec> {
-    if let Some(port) = applied.args.port.as_deref() {
+    if let [_, _, ..] = applied.args.port.as_slice() {
+        // Gang mode (src/cli/gang.rs) runs one process per port; nothing else opens several.
+        return Err(invalid(format!(
+            "{} ports given, but this command opens one (gang mode runs a command on several)",
+            applied.args.port.len()
+        )));
+    }
+    if let Some(port) = applied.args.port.first() {
         return match PortSpec::parse(port)? {
             PortSpec::Usb(filter) => {
                 let adapter = usb::resolve(&filter)?;

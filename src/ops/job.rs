@@ -469,8 +469,8 @@ impl Ctx<'_> {
         let path = tidy(&self.base.join(p.get_ref()));
         let bytes = std::fs::read(&path)
             .map_err(|e| self.at(Some(p.span()), format!("{what} {}: {e}", path.display())))?;
-        self.hasher.update(path.to_string_lossy().as_bytes());
-        self.hasher.update([0]);
+        // The content only: the job text names the file already, and the path as resolved
+        // depends on the directory the job is run from.
         self.hasher.update((bytes.len() as u64).to_le_bytes());
         self.hasher.update(&bytes);
         Ok(path)
@@ -1315,6 +1315,10 @@ do = "go"
         let text = "[[step]]\ndo = \"write\"\nfile = \"fw.bin\"\naddress = 0x08000000\n";
         let a = d.load(text).expect("test setup").hash;
         assert_eq!(a, d.load(text).expect("test setup").hash);
+        // However the job file is named.
+        std::fs::create_dir(d.0.path().join("sub")).expect("test setup");
+        let other = d.0.path().join("sub").join("..").join("job.toml");
+        assert_eq!(a, Job::from_toml(text, &other).expect("test setup").hash);
         let b = d
             .load(&format!("{text}verify = true\n"))
             .expect("test setup")

@@ -1,4 +1,5 @@
-//! Operations on a connected chip: identification, flash planning, erase, write, verify, read.
+//! Operations on a connected chip: identification, flash planning, erase, write, verify, read;
+//! and job files, which run a list of them ([`job`], [`job_run`]).
 //!
 //! Planning is pure (see [`plan`]): it turns an image and a device into the exact pages to erase
 //! and the blocks to write, and is tested without a chip. Execution reports progress through
