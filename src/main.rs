@@ -10,23 +10,8 @@ use std::process::ExitCode;
 
 /// Exit codes scripts can rely on.
 fn exit_code(err: &anyhow::Error) -> u8 {
-    use stm32boot::Error as E;
-    match err.downcast_ref::<E>().map(E::root) {
-        Some(E::InvalidRequest(_) | E::Image(_) | E::Device(_)) => 2,
-        Some(E::NoSync { .. }) => 3,
-        Some(E::Link(stm32boot::link::LinkError::Open { .. })) => 3,
-        Some(E::Verify { .. }) => 4,
-        Some(
-            E::Nack { .. }
-            | E::Timeout { .. }
-            | E::UnexpectedReply { .. }
-            | E::MalformedReply { .. }
-            | E::Unsupported { .. }
-            | E::Refused(_),
-        ) => 5,
-        Some(E::Link(_) | E::Io { .. }) => 6,
-        _ => 1,
-    }
+    err.downcast_ref::<stm32boot::Error>()
+        .map_or(1, stm32boot::Error::exit_code)
 }
 
 fn error_code(err: &anyhow::Error) -> &'static str {
