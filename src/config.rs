@@ -24,6 +24,7 @@
 
 use crate::device::Device;
 use crate::link::Parity;
+use crate::units::line_of;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
@@ -129,14 +130,6 @@ pub struct Settings {
     pub device: Option<Sourced<String>>,
     /// `protect`: ranges (address, length) a write must not erase.
     pub protect: Option<Sourced<Vec<(u32, u32)>>>,
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// Levenshtein distance, for "did you mean" (keys are short).

@@ -48,6 +48,16 @@ pub fn parse_range(s: &str) -> Result<(u32, u32), String> {
     Ok((addr, len))
 }
 
+/// The 1-based line of a byte offset in `text` (for errors in TOML files, whose parser gives
+/// byte spans).
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
 /// Bytes from text with C-style escapes: `\r`, `\n`, `\t`, `\0`, `\\` and `\xNN`.
 pub fn parse_escaped(s: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();

@@ -39,6 +39,7 @@ use crate::link::Parity;
 use crate::ops::coeffs::{Layout, Table, TableKey, Values};
 use crate::ops::flash::EraseTarget;
 use crate::ops::otp::{self, OtpData, OtpTarget};
+use crate::units::line_of;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::ops::Range;
@@ -433,15 +434,6 @@ impl RawStep {
         }
         out
     }
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// Builds errors that name the job file, the line and the step.

@@ -30,6 +30,7 @@
 //! gaps so that a plain C struct has exactly this layout (see [`super::header`]).
 
 use crate::error::{Error, Result};
+use crate::units::line_of;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -286,15 +287,6 @@ struct RawField {
     len: Option<Spanned<i64>>,
     count: Option<Spanned<i64>>,
     description: Option<String>,
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// Names the header and generated code use, which fields may not take.

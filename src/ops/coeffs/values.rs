@@ -15,6 +15,7 @@
 
 use super::layout::{ElemType, Field, Layout};
 use crate::error::{Error, Result};
+use crate::units::line_of;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -229,14 +230,6 @@ fn extension(path: &Path) -> Option<String> {
     path.extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// An input value before it is checked against a type.
