@@ -118,3 +118,39 @@ fn latency_costs_one_round_trip_per_phase() {
         "{waits} round trips"
     );
 }
+
+/// A sparse image (a quarter firmware, the rest erased value) with read-back verify: the erased
+/// blocks of pages this run erased are left to the erase's ACK, so only the written quarter is
+/// read back; `verify_erased_blocks` reads everything.
+#[test]
+fn read_back_verify_of_a_sparse_image_reads_only_what_was_written() {
+    let mut image = vec![0xFFu8; 64 * 1024];
+    image[..16 * 1024].copy_from_slice(&pattern(16 * 1024, 3));
+    let run = |all: bool| {
+        let table = DeviceTable::builtin().expect("test setup");
+        let spec = SimSpec::parse("stm32f411?clock=virtual").expect("test setup");
+        let link = SimLink::new(spec, table, LINE).expect("test setup");
+        let meter = link.meter();
+        let session = Session::new(Box::new(link), Timeouts::default());
+        let mut conn = connect(session, table, &ConnectOptions::default(), &mut NoProgress)
+            .expect("test setup");
+        let img = Image::from_bin(&image, 0x0800_0000).expect("test setup");
+        let mut options = flash::WriteOptions::for_connection(&conn);
+        options.journal = None;
+        options.verify_erased_blocks = all;
+        let report =
+            flash::write_image(&mut conn, &img, &options, &mut NoProgress).expect("test setup");
+        assert_eq!(report.verified, Some(flash::VerifyMethod::ReadBack));
+        (report, meter.read().stats.to_host)
+    };
+    let (sparse, read_sparse) = run(false);
+    let (full, read_full) = run(true);
+    assert_eq!(sparse.blocks_written, 64);
+    assert_eq!(sparse.blocks_covered_by_erase, 192);
+    assert_eq!(full.blocks_covered_by_erase, 0);
+    // 192 blocks of 256 bytes fewer came back from the chip.
+    assert!(
+        read_full - read_sparse >= 192 * 256,
+        "{read_full} vs {read_sparse}"
+    );
+}

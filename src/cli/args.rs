@@ -314,6 +314,10 @@ pub struct WriteArgs {
     /// Do not erase first (the target pages must already be erased).
     #[arg(long)]
     pub no_erase: bool,
+    /// When verifying by reading back, also read the erased-value blocks of pages this write
+    /// erased (by default the erase's ACK covers them).
+    #[arg(long)]
+    pub verify_erased: bool,
     /// Write blocks that hold only the erased value too.
     #[arg(long)]
     pub no_skip: bool,

@@ -420,6 +420,7 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     };
     let mut options = WriteOptions::for_connection(&conn);
     options.verify = w.verify;
+    options.verify_erased_blocks = w.verify_erased;
     options.plan.erase = !w.no_erase;
     options.plan.skip_erased_blocks = !w.no_skip;
     options.preserve = !w.no_preserve && !w.no_erase;
@@ -470,9 +471,13 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
     let (link_text, link_json) = link_report(&conn, image.total_len());
     finish(conn)?;
     let verified = match report.verified {
-        Some(flash::VerifyMethod::Crc) => ", verified by CRC (Get Checksum)",
-        Some(flash::VerifyMethod::ReadBack) => ", verified by reading back",
-        None => "",
+        Some(flash::VerifyMethod::Crc) => ", verified by CRC (Get Checksum)".to_string(),
+        Some(flash::VerifyMethod::ReadBack) if report.blocks_covered_by_erase > 0 => format!(
+            ", verified by reading back ({} erased block(s) covered by the erase)",
+            report.blocks_covered_by_erase
+        ),
+        Some(flash::VerifyMethod::ReadBack) => ", verified by reading back".to_string(),
+        None => String::new(),
     };
     let mut kept = if report.pages_preserved > 0 {
         format!(", {} partly covered page(s) kept", report.pages_preserved)

@@ -44,6 +44,9 @@ pub struct WriteReport {
     /// Pages written without an erase because they were already blank
     /// ([`WriteOptions::skip_matching_pages`]).
     pub pages_already_blank: usize,
+    /// Erased-value blocks in pages this run erased that the read-back verify left to the
+    /// erase's ACK (see [`WriteOptions::verify_erased_blocks`]).
+    pub blocks_covered_by_erase: usize,
 }
 
 /// Options for [`write_image`].
@@ -68,6 +71,11 @@ pub struct WriteOptions {
     /// erased nor written, and a blank page is written without an erase. For resuming a write
     /// that was cut off, and for updates that change a few pages of a large image.
     pub skip_matching_pages: bool,
+    /// When verifying by reading back (no Get Checksum), also read the 256-byte blocks that
+    /// hold only the erased value and lie in pages this run erased. Without it, those blocks
+    /// are taken as verified by the erase's ACK: they were neither written nor left out of the
+    /// erase, so reading them back checks only the erase.
+    pub verify_erased_blocks: bool,
 }
 
 impl WriteOptions {
@@ -82,6 +90,7 @@ impl WriteOptions {
             protect: Vec::new(),
             force: false,
             skip_matching_pages: false,
+            verify_erased_blocks: false,
         }
     }
 }
@@ -187,7 +196,7 @@ pub fn write_image(
     } else {
         (plan, Vec::new())
     };
-    let mut report = execute(conn, &image, &plan, options.verify, progress)?;
+    let mut report = execute(conn, &image, &plan, options, progress)?;
     if options.preserve {
         report.pages_preserved = preserved;
     }
@@ -206,7 +215,7 @@ fn execute(
     conn: &mut Connection,
     image: &Image,
     plan: &FlashPlan,
-    verify: bool,
+    options: &WriteOptions,
     progress: &mut dyn Progress,
 ) -> Result<WriteReport> {
     let mut report = WriteReport {
@@ -228,10 +237,62 @@ fn execute(
     }
     progress.finish(Stage::Write);
     report.bytes_written = total;
-    if verify {
-        report.verified = Some(verify_image(conn, image, progress)?);
+    if options.verify {
+        let read_back = !conn.bootloader.supports(Command::GetChecksum);
+        let (to_verify, covered) = if read_back && !options.verify_erased_blocks {
+            without_erased_blocks(conn, image, plan)?
+        } else {
+            (std::borrow::Cow::Borrowed(image), 0)
+        };
+        report.blocks_covered_by_erase = covered;
+        report.verified = Some(if to_verify.is_empty() {
+            VerifyMethod::ReadBack
+        } else {
+            verify_image(conn, &to_verify, progress)?
+        });
     }
     Ok(report)
+}
+
+/// `image` without the 256-byte blocks that hold only the erased value and lie wholly in pages
+/// that `plan` erased (and so did not write): what a read-back verify still has to read. Also
+/// returns how many blocks were left out.
+fn without_erased_blocks<'a>(
+    conn: &Connection,
+    image: &'a Image,
+    plan: &FlashPlan,
+) -> Result<(std::borrow::Cow<'a, Image>, usize)> {
+    let erased_value = conn.device.rules.erased;
+    let erased: Vec<(u64, u64)> = plan
+        .erase
+        .iter()
+        .flat_map(|st| st.pages(&conn.device).iter())
+        .map(|p| {
+            (
+                u64::from(p.address),
+                u64::from(p.address) + u64::from(p.size),
+            )
+        })
+        .collect();
+    let in_erased_page = |start: u64, end: u64| erased.iter().any(|&(a, b)| a <= start && end <= b);
+    let mut out = Image::new();
+    let mut covered = 0;
+    for (addr, data) in image.segments() {
+        let mut offset = 0usize;
+        while offset < data.len() {
+            // Chunks end on 256-byte bounds, like the blocks the plan writes.
+            let at = addr as u64 + offset as u64;
+            let len = (MAX_BLOCK as u64 - at % MAX_BLOCK as u64).min((data.len() - offset) as u64);
+            let chunk = &data[offset..offset + len as usize];
+            if chunk.iter().all(|&b| b == erased_value) && in_erased_page(at, at + len) {
+                covered += 1;
+            } else {
+                out.add(at as u32, chunk)?;
+            }
+            offset += len as usize;
+        }
+    }
+    Ok((std::borrow::Cow::Owned(out), covered))
 }
 
 /// What each flash page of `plan` holds now, compared with what writing `image` leaves in it
@@ -560,7 +621,12 @@ pub fn recover(
             // Erased by the cut-off run and not written yet: no need to erase it again.
             plan.erase.clear();
         }
-        execute(conn, &image, &plan, true, progress)?;
+        let options = WriteOptions {
+            verify: true,
+            verify_erased_blocks: true,
+            ..WriteOptions::for_connection(conn)
+        };
+        execute(conn, &image, &plan, &options, progress)?;
         out.push(RecoveredPage {
             address: page.address,
             size: want.len(),
