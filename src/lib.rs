@@ -30,7 +30,9 @@
 //! let mut options = flash::WriteOptions::for_connection(&conn);
 //! options.journal = None; // no page journal for this example
 //! let report = flash::write_image(&mut conn, &image, &options, &mut NoProgress)?;
-//! assert_eq!(report.pages_erased, 1);
+//! // A blank chip: the image goes into erased bytes, so nothing needs erasing.
+//! assert_eq!(report.pages_erased, 0);
+//! assert_eq!(report.pages_written_into_blank, 1);
 //! assert_eq!(report.verified, Some(flash::VerifyMethod::ReadBack));
 //! # Ok::<(), stm32boot::Error>(())
 //! ```

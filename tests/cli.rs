@@ -35,6 +35,8 @@ fn info_on_both_simulated_families() {
 #[test]
 fn write_hex_with_verify_lands_in_flash_and_erases_only_its_sector() {
     let sim = SimChip::new(F411);
+    // An older firmware in sectors 0 and 1.
+    sim.fill(0x0800_0000, &[0x5A; 0x8000]);
     let data = pattern(5000, 1);
     let img = Image::from_bin(&data, 0x0800_0000).unwrap();
     let hex = sim.file("fw.hex");
@@ -42,7 +44,9 @@ fn write_hex_with_verify_lands_in_flash_and_erases_only_its_sector() {
     let out = ok(&["write", path_str(&hex), "--port", &sim.port(), "--verify"]);
     assert!(out.contains("verified by reading back"), "{out}");
     assert_eq!(sim.peek(0x0800_0000, 5000), data);
-    assert_eq!(sim.peek(0x0800_1388, 8), vec![0xFF; 8]);
+    // The rest of sector 0 is kept; sector 1 is not touched.
+    assert_eq!(sim.peek(0x0800_1388, 8), vec![0x5A; 8]);
+    assert_eq!(sim.peek(0x0800_4000, 8), vec![0x5A; 8]);
     let chip = sim.chip();
     assert_eq!(chip.erase_counts(), &[1, 0, 0, 0, 0, 0, 0, 0]);
 }
@@ -50,6 +54,8 @@ fn write_hex_with_verify_lands_in_flash_and_erases_only_its_sector() {
 #[test]
 fn write_verifies_by_crc_where_the_bootloader_offers_get_checksum() {
     let sim = SimChip::with_options(L476, "version=0x33");
+    // Old content in pages 2 to 4.
+    sim.fill(0x0800_1000, &[0x00; 0x1800]);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(3001, 2)).unwrap();
     let out = ok(&[
@@ -79,8 +85,10 @@ fn sparse_hex_round_trip_leaves_untouched_pages_unerased() {
     img.add(0x0806_0000, &pattern(64, 4)).unwrap();
     let hex = sim.file("sparse.hex");
     std::fs::write(&hex, img.to_ihex().unwrap()).unwrap();
-    ok(&["write", path_str(&hex), "--port", &sim.port(), "--verify"]);
-    assert_eq!(sim.chip().erase_counts(), &[1, 0, 0, 0, 0, 0, 0, 1]);
+    let out = ok(&["write", path_str(&hex), "--port", &sim.port(), "--verify"]);
+    // A blank chip: both pieces go into erased bytes, so nothing is erased at all.
+    assert!(out.contains("0 page(s) erased"), "{out}");
+    assert_eq!(sim.chip().erase_counts(), &[0, 0, 0, 0, 0, 0, 0, 0]);
     // Read both pieces back as HEX and compare with the image.
     for (addr, len) in [(0x0800_0000u32, 512u32), (0x0806_0000, 64)] {
         let out = sim.file("back.hex");
@@ -108,6 +116,8 @@ fn sparse_hex_round_trip_leaves_untouched_pages_unerased() {
 #[test]
 fn read_to_bin() {
     let sim = SimChip::new(L476);
+    // Old content in bank 2's first page, so the write erases it.
+    sim.fill(0x0808_0000, &[0x00; 2048]);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(1024, 5)).unwrap();
     ok(&[

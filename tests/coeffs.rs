@@ -106,9 +106,19 @@ fn firmware_survives_a_block_in_its_page(part: &str, fw_start: u32, hole: u32, f
     let layout = single_layout(&sim, hole);
     let values = write_file(&sim, "v.toml", &values_toml(0.0125, "PS-0001"));
     let erases_before: u32 = sim.chip().erase_counts().iter().sum();
+    // The hole is blank: a first block is programmed into it and nothing is erased.
+    let older = write_file(&sim, "old.toml", &values_toml(0.5, "PS-0000"));
+    let out = coeffs_write(&layout, &older, &sim.port(), &[]);
+    assert!(
+        out.contains("sequence 1") && out.contains("0 page(s) erased"),
+        "{out}"
+    );
+    assert_eq!(sim.chip().erase_counts().iter().sum::<u32>(), erases_before);
+    // Over that block the page must be erased: the firmware around it is kept.
+    let erases_before: u32 = sim.chip().erase_counts().iter().sum();
     let out = coeffs_write(&layout, &values, &sim.port(), &[]);
     assert!(
-        out.contains("sequence 1") && out.contains("1 page(s) erased"),
+        out.contains("sequence 2") && out.contains("1 page(s) erased"),
         "{out}"
     );
     assert_eq!(
@@ -129,7 +139,7 @@ fn firmware_survives_a_block_in_its_page(part: &str, fw_start: u32, hole: u32, f
     );
     let v = read_json(&layout, &sim.port());
     assert_eq!(v["ok"], true);
-    assert_eq!(v["sequence"], 1);
+    assert_eq!(v["sequence"], 2);
     assert_eq!(v["slot"], "A");
     assert_eq!(v["address"], format!("0x{hole:08X}"));
     assert_eq!(v["values"]["gain"], 0.0125);
@@ -147,6 +157,8 @@ fn firmware_survives_a_block_in_its_page(part: &str, fw_start: u32, hole: u32, f
         "pack",
         path_str(&layout),
         path_str(&values),
+        "--sequence",
+        "2",
         "-o",
         path_str(&bin),
     ]);
@@ -204,10 +216,10 @@ fn ab_slots_alternate_and_sequences_increment() {
         text.contains("serial         bytes[16]  \"SN-4\""),
         "{text}"
     );
-    // Each write erased only its own slot's page.
+    // Each write erased only its own slot's page, and the first into each blank slot none.
     let counts = sim.chip().erase_counts().to_vec();
-    assert_eq!((counts[510], counts[511]), (2, 2));
-    assert_eq!(counts.iter().sum::<u32>(), 4);
+    assert_eq!((counts[510], counts[511]), (1, 1));
+    assert_eq!(counts.iter().sum::<u32>(), 2);
 }
 
 #[test]

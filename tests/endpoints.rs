@@ -127,9 +127,10 @@ fn the_application_prints_a_banner_and_its_magic_string_enters_the_bootloader() 
 
 #[test]
 fn nack_at_the_nth_command_fails_the_write_with_the_command_named() {
-    // Connect (4 commands), the unique ID (1), the 16 KB sector kept around the image (64
-    // reads), the erase (1), then the writes: command 75 is the fifth Write Memory.
-    let chip = SimChip::with_options("stm32f411", "nack_at=75");
+    // Connect (4 commands), the unique ID (1), the check that the image's 4 KiB of the sector
+    // are still blank (16 reads; so no erase), then the writes: command 26 is the fifth Write
+    // Memory.
+    let chip = SimChip::with_options("stm32f411", "nack_at=26");
     let file = chip.file("fw.bin");
     std::fs::write(&file, pattern(4096, 1)).expect("image");
     let err = fails(

@@ -67,6 +67,8 @@ bootloader = { version = 0x31, commands = [0x00, 0x01, 0x02, 0x11, 0x21, 0x31, 0
         text.contains("STM32X999 (from a device file)") && text.contains("8 erase units"),
         "{text}"
     );
+    // Old content where the image goes, so that the write has to erase.
+    sim.fill(0x0800_4000, &[0x00; 100]);
     let bin = sim.file("fw.bin");
     std::fs::write(&bin, pattern(100, 12)).unwrap();
     ok(&[

@@ -490,6 +490,12 @@ fn write(w: &WriteArgs, bars: &mut Bars) -> Result<Outcome> {
             report.pages_unchanged
         ));
     }
+    if report.pages_written_into_blank > 0 {
+        kept.push_str(&format!(
+            ", {} partly covered page(s) written into erased bytes without an erase",
+            report.pages_written_into_blank
+        ));
+    }
     let mut text = format!(
         "wrote {} bytes of {file} in {} blocks ({} page(s) erased{kept}, {} all-erased block(s) skipped){verified}",
         image.total_len(),

@@ -47,6 +47,9 @@ pub struct WriteReport {
     /// Erased-value blocks in pages this run erased that the read-back verify left to the
     /// erase's ACK (see [`WriteOptions::verify_erased_blocks`]).
     pub blocks_covered_by_erase: usize,
+    /// Partly covered pages whose target bytes were still erased: written without an erase,
+    /// the rest of the page untouched.
+    pub pages_written_into_blank: usize,
 }
 
 /// Options for [`write_image`].
@@ -164,6 +167,21 @@ pub fn write_image(
         }
         None => None,
     };
+    // A partly covered page whose target bytes are still erased needs no erase at all: the
+    // image is written into the blank bytes and the rest of the page is never touched.
+    let mut plan = plan;
+    let mut written_into_blank = 0;
+    if !plan.partial_pages.is_empty() && !plan.erase.is_empty() && !conn.read_protected {
+        let blank = blank_targets(conn, image, &plan.partial_pages)?;
+        if !blank.is_empty() {
+            written_into_blank = blank.len();
+            let mut trimmed = plan.without_done_pages(&conn.device, &blank, &options.plan);
+            trimmed
+                .partial_pages
+                .retain(|p| !blank.iter().any(|(b, _)| b.address == p.address));
+            plan = trimmed;
+        }
+    }
     let preserved = plan.partial_pages.len();
     let (image, plan) = if options.preserve && !plan.partial_pages.is_empty() {
         if journal.is_none() {
@@ -197,6 +215,7 @@ pub fn write_image(
         (plan, Vec::new())
     };
     let mut report = execute(conn, &image, &plan, options, progress)?;
+    report.pages_written_into_blank = written_into_blank;
     if options.preserve {
         report.pages_preserved = preserved;
     }
@@ -497,6 +516,47 @@ pub fn open_journal(conn: &mut Connection, dir: &std::path::Path) -> Result<Jour
     let uid = conn.unique_id()?;
     let key = ChipKey::new(uid, conn.device.pid, &conn.device.name);
     Journal::open(dir, key)
+}
+
+/// The partly covered pages whose bytes under the image (widened to the programming unit) still
+/// hold the erased value on the chip, as [`PageCheck::Blank`]: the image can be programmed into
+/// them without an erase. Reads only those bytes, and stops at the first that is not erased.
+fn blank_targets(
+    conn: &mut Connection,
+    image: &Image,
+    pages: &[Page],
+) -> Result<Vec<(Page, PageCheck)>> {
+    let unit = conn
+        .device
+        .rules
+        .write_align
+        .max(conn.device.rules.program_unit)
+        .max(1);
+    let erased = conn.device.rules.erased;
+    let mut out = Vec::new();
+    'pages: for page in pages {
+        for (addr, data) in image.slice(page.address, page.size) {
+            let start = (addr / unit * unit).max(page.address);
+            let end = (u64::from(addr) + data.len() as u64)
+                .div_ceil(u64::from(unit))
+                .saturating_mul(u64::from(unit))
+                .min(page.end());
+            // Block by block, stopping at the first byte that is not erased: over old content
+            // this costs one read.
+            let mut at = u64::from(start);
+            let mut buf = [0u8; MAX_BLOCK];
+            while at < end {
+                let n = (end - at).min(MAX_BLOCK as u64) as usize;
+                conn.session.read_memory(at as u32, &mut buf[..n])?;
+                if buf[..n].iter().any(|&b| b != erased) {
+                    continue 'pages;
+                }
+                at += n as u64;
+            }
+        }
+        out.push((*page, PageCheck::Blank));
+    }
+    Ok(out)
 }
 
 /// Read the partly covered pages and lay the image over them: the merged image covers those

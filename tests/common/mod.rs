@@ -102,6 +102,15 @@ impl SimChip {
     pub fn peek(&self, addr: u32, len: usize) -> Vec<u8> {
         self.chip().peek(addr, len).expect("mapped")
     }
+
+    /// Put old content into the chip's flash directly (as an earlier firmware would have left
+    /// it), so that a write has to erase.
+    #[allow(dead_code)]
+    pub fn fill(&self, addr: u32, data: &[u8]) {
+        let mut chip = self.chip();
+        chip.write(stm32boot::sim::chip::Area::Flash, addr, data);
+        stm32boot::sim::state::save(&chip, &self.state()).expect("state saves");
+    }
 }
 
 /// Deterministic pseudo-random bytes.
