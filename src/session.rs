@@ -83,6 +83,13 @@ impl Timeouts {
     }
 }
 
+/// A read still waiting for at least this many bytes pauses before the next read, so that a
+/// reply arriving at the line rate costs a few system calls rather than one per character.
+const GATHER_MIN: usize = 16;
+
+/// The longest such pause (about 23 characters at 115200 baud).
+const GATHER_SLICE: Duration = Duration::from_millis(2);
+
 /// How many 0x7F one [`Session::sync`] sends before it gives up.
 const SYNC_ATTEMPTS: u32 = 3;
 
@@ -812,6 +819,13 @@ impl Session {
         let mut filled = 0;
         while filled < buf.len() {
             filled += self.link.read(&mut buf[filled..], wait)?;
+            // A reply that trickles in at the line rate: let a few more characters arrive
+            // before asking again, rather than waking for each one (never longer than the rest
+            // takes on the wire, so nothing arrives later for it).
+            let left = buf.len() - filled;
+            if left >= GATHER_MIN {
+                self.link.delay(self.wire_time(left - 1).min(GATHER_SLICE));
+            }
         }
         Ok(())
     }
