@@ -818,3 +818,447 @@ fn a_wrong_key_through_a_modem_is_refused_and_the_modem_hangs_up() {
     let (bytes, _) = sim.stop();
     assert_eq!(bytes, 0, "bytes reached the chip");
 }
+
+// ---- the key stays secret, attempts are rate-limited, ports are held exclusively ----------
+
+/// `stm32boot relay` with `env` set on top of a clean environment (no relay key variables, no
+/// RUST_LOG), its key from `key_file` or, without one, from `env`.
+fn start_relay_with_env(
+    sim: &Sim,
+    key_file: Option<&Path>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Relay {
+    let log = sim.dir().join(format!("relay-{}.log", rand_suffix()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stm32boot"));
+    cmd.args(["relay", "-vv", "--port"])
+        .arg(&sim.tty)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("STM32BOOT_RELAY_KEY")
+        .env_remove("STM32BOOT_RELAY_KEY_FILE")
+        .env_remove("RUST_LOG");
+    if let Some(k) = key_file {
+        cmd.arg("--key-file").arg(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("test setup"))
+        .spawn()
+        .expect("the relay starts");
+    let stdout = child.stdout.take().expect("test setup");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let url = rx.recv_timeout(LONG).unwrap_or_default().trim().to_string();
+    let relay = Relay {
+        child: Some(child),
+        url,
+        log,
+    };
+    assert!(
+        relay.url.starts_with("relay://"),
+        "the relay should print its URL first; its log:\n{}",
+        relay.log()
+    );
+    relay
+}
+
+/// A client with `env` set on top of a clean environment (no relay key variables, no RUST_LOG).
+fn client_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let state = tempfile::tempdir().expect("test setup");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stm32boot"));
+    cmd.args(args)
+        .env_remove("STM32BOOT_PORT")
+        .env_remove("STM32BOOT_BAUD")
+        .env_remove("STM32BOOT_JOURNAL")
+        .env_remove("STM32BOOT_RELAY_KEY")
+        .env_remove("STM32BOOT_RELAY_KEY_FILE")
+        .env_remove("RUST_LOG")
+        .env("STM32BOOT_STATE_DIR", state.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the client runs")
+}
+
+/// Everything a run printed.
+fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Panics if `text` shows any 16-character piece of `secret` (as it is, or hex-encoded), or a
+/// handshake answer.
+fn assert_no_secret(name: &str, text: &str, secret: &str) {
+    let hexed = stm32boot::relay::auth::hex(secret.as_bytes());
+    for s in [secret, hexed.as_str()] {
+        let chars: Vec<char> = s.chars().collect();
+        for piece in chars.windows(16.min(chars.len())) {
+            let piece: String = piece.iter().collect();
+            assert!(
+                !text.contains(&piece),
+                "{name} shows a piece of the key ({piece}):\n{text}"
+            );
+        }
+    }
+    assert!(!text.contains("RESPONSE"), "{name} shows a proof:\n{text}");
+}
+
+#[test]
+fn the_key_never_appears_in_traces_or_logs_at_their_most_verbose() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    let wrong_key = "0badc0de0badc0de0badc0de0badc0de";
+    let wrong = write_key(sim.dir(), "wrong", wrong_key, 0o600);
+    // The relay takes its key from the environment here, and logs everything it can.
+    let relay = start_relay_with_env(
+        &sim,
+        None,
+        &[],
+        &[("STM32BOOT_RELAY_KEY", KEY), ("RUST_LOG", "trace")],
+    );
+    let image = pattern(1500, 21);
+    let file = sim.dir().join("fw.bin");
+    std::fs::write(&file, &image).expect("test setup");
+    let key_file_text = path_str(&key_file).to_string();
+    let wrong_text = path_str(&wrong).to_string();
+    let traced = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--trace".to_string(), "-vv".to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(["--port", relay.url.as_str(), "--parity", "none"].map(String::from));
+        all
+    };
+    // The key from a file, and from the environment; every byte traced, logs at trace level.
+    let runs = [
+        (
+            "client with the key file",
+            traced(&["info"]),
+            vec![
+                ("STM32BOOT_RELAY_KEY_FILE", key_file_text.as_str()),
+                ("RUST_LOG", "trace"),
+            ],
+            0,
+        ),
+        (
+            "client with the key in the environment",
+            traced(&["write", path_str(&file), "-a", "0x08000000", "--verify"]),
+            vec![("STM32BOOT_RELAY_KEY", KEY), ("RUST_LOG", "trace")],
+            0,
+        ),
+        (
+            "client with a wrong key",
+            traced(&["info"]),
+            vec![
+                ("STM32BOOT_RELAY_KEY_FILE", wrong_text.as_str()),
+                ("RUST_LOG", "trace"),
+            ],
+            3,
+        ),
+    ];
+    let mut sessions = 0;
+    for (name, args, env, code) in &runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = client_with_env(&args, env);
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(*code), "{name}:\n{text}");
+        if *code == 0 {
+            // The trace was on: the bytes to the chip are there, the key is not.
+            assert!(text.contains("> 7F"), "{name} traced nothing:\n{text}");
+            sessions += 1;
+            relay.wait_log("closed the session", sessions);
+        }
+        assert_no_secret(name, &text, KEY);
+        assert_no_secret(name, &text, wrong_key);
+    }
+    relay.wait_log("authentication failed", 1);
+    let log = relay.stop();
+    assert!(
+        log.contains("TRACE"),
+        "the relay did not log at trace level"
+    );
+    assert!(log.contains("authenticated; serving"), "{log}");
+    assert_no_secret("the relay's log", &log, KEY);
+    assert_no_secret("the relay's log", &log, wrong_key);
+    let (_, chip) = sim.stop();
+    assert_eq!(chip.peek(FLASH, image.len()), image);
+}
+
+#[test]
+fn a_malformed_key_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().expect("test setup");
+    let short_secret = "kf-s3cret-short";
+    let short = write_key(dir.path(), "short.key", short_secret, 0o600);
+    let long_secret = "LONG-s3cret-piece-";
+    let long = write_key(dir.path(), "long.key", &long_secret.repeat(300), 0o600);
+    let env_secret = "env-s3cret";
+    let missing = dir.path().join("no-such.key");
+    let port = dir.path().join("no-such-tty");
+    let loud = [("RUST_LOG", "trace")];
+    // Clients: nothing listens on port 1, so the key must be refused before connecting.
+    for (key_file, secret, says) in [
+        (&short, short_secret, "is 15 bytes long; use at least 16"),
+        (&long, long_secret, "bytes long; at most 4096 are accepted"),
+        (&missing, "", "reading the relay key file"),
+    ] {
+        let url = format!("relay://127.0.0.1:1?key_file={}", key_file.display());
+        let out = client_with_env(&["-vv", "--trace", "info", "--port", &url], &loud);
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(2), "{url}:\n{text}");
+        assert!(
+            text.contains(says) && text.contains(path_str(key_file)),
+            "{url}:\n{text}"
+        );
+        assert!(text.contains("nothing was connected"), "{url}:\n{text}");
+        if !secret.is_empty() {
+            assert!(!text.contains(secret), "{url} shows the key:\n{text}");
+        }
+        // The relay itself refuses the same files before it opens its port.
+        let out = client_with_env(
+            &[
+                "relay",
+                "-vv",
+                "--port",
+                path_str(&port),
+                "--key-file",
+                path_str(key_file),
+            ],
+            &loud,
+        );
+        let text = all_output(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "relay with {key_file:?}:\n{text}"
+        );
+        assert!(text.contains(says), "relay with {key_file:?}:\n{text}");
+        if !secret.is_empty() {
+            assert!(!text.contains(secret), "the relay shows the key:\n{text}");
+        }
+    }
+    // A key in the environment that is too short, on both sides.
+    let env = [("STM32BOOT_RELAY_KEY", env_secret), ("RUST_LOG", "trace")];
+    let out = client_with_env(&["-vv", "info", "--port", "relay://127.0.0.1:1"], &env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("$STM32BOOT_RELAY_KEY is 10 bytes long") && !text.contains(env_secret),
+        "{text}"
+    );
+    let out = client_with_env(&["relay", "-vv", "--port", path_str(&port)], &env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("is 10 bytes long") && !text.contains(env_secret),
+        "{text}"
+    );
+}
+
+#[test]
+fn repeated_wrong_keys_keep_the_peer_refused_even_with_the_right_key() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    let wrong = write_key(sim.dir(), "wrong", "this-is-not-the-relay-key-0123", 0o600);
+    // A backoff far longer than the test: the refusals do not depend on timing.
+    let relay = Relay::start(&sim, &key_file, &["--auth-backoff", "1h"]);
+    let image = pattern(256, 22);
+    let file = sim.dir().join("fw.bin");
+    std::fs::write(&file, &image).expect("test setup");
+    let write_args = [
+        "write",
+        path_str(&file),
+        "-a",
+        "0x08000000",
+        "--port",
+        relay.url.as_str(),
+        "--parity",
+        "none",
+    ];
+    // Quick wrong-key attempts, one after another: the first is challenged and fails, the
+    // others are turned away before a challenge.
+    for attempt in 1..=5 {
+        let text = expect_exit(&client(&write_args, Some(&wrong)), 3);
+        let want = if attempt == 1 {
+            "the relay refused the key"
+        } else {
+            "refuses this address for now"
+        };
+        assert!(text.contains(want), "attempt {attempt}: {text}");
+    }
+    // A raw client hammering the port gets no challenge either.
+    for _ in 0..5 {
+        let mut raw = raw_connect(&relay);
+        let _ = raw.write_all(&[0x7F, 0x00, 0xFF]);
+        assert_eq!(read_relay_line(&mut raw), Some(RelayLine::RetryLater));
+        eof_after(&mut raw);
+    }
+    // The right key is refused too while the backoff lasts.
+    let text = expect_exit(&client(&write_args, Some(&key_file)), 3);
+    assert!(text.contains("refuses this address for now"), "{text}");
+    let log = relay.stop();
+    assert_eq!(
+        log.matches("authentication failed").count(),
+        1,
+        "only the first attempt was challenged:\n{log}"
+    );
+    assert!(!log.contains("authenticated; serving"), "{log}");
+    let (bytes, chip) = sim.stop();
+    assert_eq!(bytes, 0, "bytes reached the chip");
+    assert_eq!(chip.peek(FLASH, 256), vec![0xFF; 256]);
+}
+
+#[test]
+fn a_peer_gets_one_handshake_at_a_time() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    let relay = Relay::start(
+        &sim,
+        &key_file,
+        &["--auth-backoff", "1h", "--handshake-timeout", "10m"],
+    );
+    // A handshake left open: the same peer cannot start a second one meanwhile.
+    let mut first = raw_connect(&relay);
+    let Some(RelayLine::Challenge(relay_nonce)) = read_relay_line(&mut first) else {
+        panic!("no challenge");
+    };
+    let mut second = raw_connect(&relay);
+    assert_eq!(read_relay_line(&mut second), Some(RelayLine::Busy));
+    eof_after(&mut second);
+    // The open one fails; after it, the peer is in backoff.
+    let wrong = Key::from_bytes(b"this-is-not-the-relay-key-0123", "the test").expect("test setup");
+    let nonce = auth::fresh_nonce().expect("test setup");
+    let answer = Response::new(&wrong, Direction::ToRelay, &relay_nonce, nonce).encode();
+    first.write_all(answer.as_bytes()).expect("test setup");
+    let _ = first.write_all(&[0x7F, 0x00, 0xFF]);
+    assert_eq!(read_relay_line(&mut first), Some(RelayLine::Denied));
+    eof_after(&mut first);
+    let mut third = raw_connect(&relay);
+    assert_eq!(read_relay_line(&mut third), Some(RelayLine::RetryLater));
+    eof_after(&mut third);
+    let log = relay.stop();
+    assert!(log.contains("another handshake is in progress"), "{log}");
+    let (bytes, _) = sim.stop();
+    assert_eq!(bytes, 0, "bytes reached the chip");
+}
+
+#[test]
+fn each_failure_doubles_the_backoff() {
+    let sim = Sim::start();
+    let key_file = write_key(sim.dir(), "key", KEY, 0o600);
+    // A backoff short enough to wait out; the test waits for conditions, not durations.
+    let relay = Relay::start(
+        &sim,
+        &key_file,
+        &["--auth-backoff", "1ms", "--handshake-timeout", "10m"],
+    );
+    let wrong = Key::from_bytes(b"this-is-not-the-relay-key-0123", "the test").expect("test setup");
+    let mut refused_before_a_challenge = 0;
+    for failure in 1..=4 {
+        // Knock until the backoff is over and a challenge comes.
+        let deadline = Instant::now() + LONG;
+        let (mut s, relay_nonce) = loop {
+            assert!(Instant::now() < deadline, "never challenged again");
+            let mut s = raw_connect(&relay);
+            match read_relay_line(&mut s) {
+                Some(RelayLine::Challenge(n)) => break (s, n),
+                Some(RelayLine::RetryLater) => {
+                    refused_before_a_challenge += 1;
+                    eof_after(&mut s);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let nonce = auth::fresh_nonce().expect("test setup");
+        let answer = Response::new(&wrong, Direction::ToRelay, &relay_nonce, nonce).encode();
+        s.write_all(answer.as_bytes()).expect("test setup");
+        assert_eq!(read_relay_line(&mut s), Some(RelayLine::Denied));
+        eof_after(&mut s);
+        relay.wait_log("authentication failed", failure);
+    }
+    let log = relay.stop();
+    for ms in ["1ms", "2ms", "4ms", "8ms"] {
+        assert!(
+            log.contains(&format!("further attempts from 127.0.0.1 are refused for {ms}")),
+            "no {ms} backoff (refused before a challenge {refused_before_a_challenge} time(s)):\n{log}"
+        );
+    }
+    let (bytes, _) = sim.stop();
+    assert_eq!(bytes, 0, "bytes reached the chip");
+}
+
+#[test]
+fn a_port_held_by_one_run_cannot_be_opened_by_another() {
+    let sim = Sim::start();
+    // The first run holds the port: it sends the application an entry string and then waits
+    // ten minutes for the chip to jump (it is killed long before).
+    let first_err = sim.dir().join("first.err");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
+        .args(["--trace", "info", "--port", path_str(&sim.tty)])
+        .args(["--parity", "none", "--enter", "X", "--enter-wait", "10m"])
+        .env_remove("STM32BOOT_PORT")
+        .env("STM32BOOT_STATE_DIR", sim.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&first_err).expect("test setup"))
+        .spawn()
+        .expect("test setup");
+    // The trace shows the entry string once the port is open and locked.
+    let deadline = Instant::now() + LONG;
+    while !std::fs::read_to_string(&first_err)
+        .unwrap_or_default()
+        .contains("> 58")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never sent its entry string: {}",
+            std::fs::read_to_string(&first_err).unwrap_or_default()
+        );
+        assert!(
+            first.try_wait().expect("test setup").is_none(),
+            "the first run ended: {}",
+            std::fs::read_to_string(&first_err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second run fails, by the link and by the pseudo-terminal's own name.
+    let pts = std::fs::canonicalize(&sim.tty).expect("test setup");
+    for path in [sim.tty.clone(), pts.clone()] {
+        let out = client(
+            &["info", "--port", path_str(&path), "--parity", "none"],
+            None,
+        );
+        let text = expect_exit(&out, 3);
+        assert!(
+            text.contains(&format!("cannot open {}", path.display()))
+                && text.contains("exclusive lock"),
+            "{text}"
+        );
+    }
+    assert!(serialport::new(path_str(&pts), 115_200).open().is_err());
+    assert!(
+        first.try_wait().expect("test setup").is_none(),
+        "the first run must still hold the port"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    // Released with the process that held it.
+    let out = client(
+        &["info", "--port", path_str(&sim.tty), "--parity", "none"],
+        None,
+    );
+    expect_exit(&out, 0);
+    sim.stop();
+}

@@ -131,6 +131,7 @@ pub(super) fn open(args: &ConnectArgs, bars: &mut Bars) -> Result<Connection> {
     });
     let mut session = Session::new(link, Timeouts::scaled(args.timeout_scale));
     session.set_pipelining(!args.no_pipeline);
+    session.set_attempts(args.retries + 1);
     let options = ConnectOptions {
         flash_size: args.flash_size,
         entry,
@@ -306,6 +307,27 @@ pub(super) fn write_data_file(output: &Path, address: u32, data: &[u8]) -> Resul
     std::fs::write(output, bytes).with_context(|| format!("writing {}", output.display()))
 }
 
+/// A read (or checksum) that starts in flash must end there: the bootloader would NACK the
+/// block past the end only after the first blocks went through, with a message that names
+/// neither the range nor the flash. Refused before anything is read (exit code 2).
+fn check_within_flash(device: &Device, what: &str, address: u32, length: u32) -> Result<()> {
+    let flash = device.flash;
+    let end = u64::from(address) + u64::from(length);
+    if length > 0 && flash.contains(address) && end > u64::from(flash.end) + 1 {
+        bail!(stm32boot::Error::InvalidRequest(format!(
+            "{what} 0x{address:08X}+{length} (to 0x{:08X}) runs past the end of flash: the {} \
+             has {} of flash at 0x{:08X}-0x{:08X}; ask for at most {} bytes from 0x{address:08X}",
+            end - 1,
+            device.name,
+            human_size(flash.len()),
+            flash.start,
+            flash.end,
+            u64::from(flash.end) + 1 - u64::from(address),
+        )));
+    }
+    Ok(())
+}
+
 fn read(
     args: &ConnectArgs,
     address: u32,
@@ -315,6 +337,7 @@ fn read(
 ) -> Result<Outcome> {
     let hex = is_hex(output);
     let mut conn = open(args, bars)?;
+    check_within_flash(&conn.device, "read", address, length)?;
     let data = match flash::read_memory(&mut conn, address, length, bars) {
         Ok(d) => d,
         Err(e) if diagnose::worth_diagnosing(&e) => {
@@ -733,6 +756,7 @@ fn verify(args: &ConnectArgs, image_args: &ImageArgs, bars: &mut Bars) -> Result
 
 fn checksum(args: &ConnectArgs, address: u32, length: u32, bars: &mut Bars) -> Result<Outcome> {
     let mut conn = open(args, bars)?;
+    check_within_flash(&conn.device, "checksum", address, length)?;
     let (crc, method) = flash::checksum(&mut conn, address, length, bars)?;
     finish(conn)?;
     Ok(Outcome {

@@ -476,8 +476,13 @@ impl DeviceTable {
 
     /// Read a device file.
     pub fn from_file(path: &std::path::Path) -> Result<DeviceTable> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading device file {}", path.display()), e))?;
+        // A device file that cannot be read is bad input (exit code 2), like a missing image.
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Device(format!(
+                "cannot read the device file {}: {e}",
+                path.display()
+            ))
+        })?;
         DeviceTable::from_toml(&text, &path.display().to_string())
     }
 

@@ -145,14 +145,12 @@ impl Key {
     /// the file.
     pub fn from_file(path: &Path) -> Result<Key> {
         let shown = path.display();
+        // A key file that cannot be read is bad input (exit code 2), like a missing image.
         let meta = std::fs::metadata(path).map_err(|e| {
-            Error::io(
-                format!(
-                    "reading the relay key file {shown} (check the path given with --key-file, \
-                     ?key_file= or {KEY_FILE_ENV})"
-                ),
-                e,
-            )
+            Error::InvalidRequest(format!(
+                "reading the relay key file {shown} (check the path given with --key-file, \
+                 ?key_file= or {KEY_FILE_ENV}): {e}"
+            ))
         })?;
         if !meta.is_file() {
             return Err(Error::InvalidRequest(format!(
@@ -166,8 +164,9 @@ impl Key {
             )));
         }
         warn_if_shared(path, &meta);
-        let raw = std::fs::read(path)
-            .map_err(|e| Error::io(format!("reading the relay key file {shown}"), e))?;
+        let raw = std::fs::read(path).map_err(|e| {
+            Error::InvalidRequest(format!("reading the relay key file {shown}: {e}"))
+        })?;
         Key::from_bytes(&raw, format!("the file {shown}"))
     }
 

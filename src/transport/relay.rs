@@ -98,12 +98,10 @@ impl RelayTarget {
 }
 
 /// The key for a client: `?key_file=`, else `STM32BOOT_RELAY_KEY_FILE`, else
-/// `STM32BOOT_RELAY_KEY`.
-fn client_key(target: &RelayTarget, port: &str) -> std::result::Result<Key, LinkError> {
-    let open_error = |reason: String| LinkError::Open {
-        port: port.to_string(),
-        reason,
-    };
+/// `STM32BOOT_RELAY_KEY`. A key file that cannot be read or a key of the wrong length is bad
+/// input ([`Error::InvalidRequest`], exit code 2), found before anything is connected; no key
+/// at all is a link that cannot be opened.
+fn client_key(target: &RelayTarget, port: &str) -> Result<Key> {
     let file = target
         .key_file
         .clone()
@@ -114,13 +112,19 @@ fn client_key(target: &RelayTarget, port: &str) -> std::result::Result<Key, Link
     };
     match key {
         Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(open_error(format!(
-            "no relay key configured: put the relay's key in a file readable only by you and \
-             set {}=PATH (or add ?key_file=PATH to the port), or set {}",
-            auth::KEY_FILE_ENV,
-            auth::KEY_ENV
+        Ok(None) => Err(Error::Link(LinkError::Open {
+            port: port.to_string(),
+            reason: format!(
+                "no relay key configured: put the relay's key in a file readable only by you \
+                 and set {}=PATH (or add ?key_file=PATH to the port), or set {}",
+                auth::KEY_FILE_ENV,
+                auth::KEY_ENV
+            ),
+        })),
+        Err(e) => Err(Error::InvalidRequest(format!(
+            "{port}: nothing was connected: {}",
+            e.root()
         ))),
-        Err(e) => Err(open_error(e.to_string())),
     }
 }
 
@@ -297,10 +301,7 @@ pub struct RelayLink {
 
 impl RelayLink {
     /// Connect to the relay at `target.addr`, authenticate, and set the line to `line`.
-    pub fn connect(
-        target: &RelayTarget,
-        line: LineSettings,
-    ) -> std::result::Result<RelayLink, LinkError> {
+    pub fn connect(target: &RelayTarget, line: LineSettings) -> Result<RelayLink> {
         let url = format!("relay://{}", target.addr);
         let key = client_key(target, &url)?;
         let mut stream = connect(&target.addr, &url)?;
@@ -308,16 +309,13 @@ impl RelayLink {
             port: url.clone(),
             reason: e.text(),
         })?;
-        RelayLink::after_handshake(stream, &target.addr, url, line)
+        Ok(RelayLink::after_handshake(stream, &target.addr, url, line)?)
     }
 
     /// Listen on `target.addr` for a relay that dials out (`stm32boot relay --connect`), for
     /// at most `target.wait` (default [`LISTEN_WAIT`]); serve the first one that passes the
     /// handshake. Connections that fail it are logged and closed, and waiting goes on.
-    pub fn listen(
-        target: &RelayTarget,
-        line: LineSettings,
-    ) -> std::result::Result<RelayLink, LinkError> {
+    pub fn listen(target: &RelayTarget, line: LineSettings) -> Result<RelayLink> {
         let url = format!("relay-listen://{}", target.addr);
         let open_error = |reason: String| LinkError::Open {
             port: url.clone(),
@@ -354,12 +352,12 @@ impl RelayLink {
                     match handshake(&mut stream, &key, Direction::FromRelay) {
                         Ok(()) => {
                             tracing::info!("relay {peer} dialled in and proved the key");
-                            return RelayLink::after_handshake(
+                            return Ok(RelayLink::after_handshake(
                                 stream,
                                 &peer.to_string(),
                                 url.clone(),
                                 line,
-                            );
+                            )?);
                         }
                         Err(e) => {
                             let text = e.text();
@@ -381,11 +379,11 @@ impl RelayLink {
                                 "; the last attempt, from {peer}, failed: {text}"
                             ));
                         }
-                        return Err(open_error(reason));
+                        return Err(open_error(reason).into());
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(open_error(format!("accepting a connection: {e}"))),
+                Err(e) => return Err(open_error(format!("accepting a connection: {e}")).into()),
             }
         }
     }
