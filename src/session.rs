@@ -93,6 +93,22 @@ const GATHER_SLICE: Duration = Duration::from_millis(2);
 /// How many 0x7F one [`Session::sync`] sends before it gives up.
 const SYNC_ATTEMPTS: u32 = 3;
 
+/// How many times an exchange that can be repeated safely is tried before its error stands
+/// (see [`Session::set_attempts`]). At a byte error rate of 1e-3 each way a 256-byte read fails
+/// about two times in five; six tries leave one block in a few hundred failing.
+pub const DEFAULT_ATTEMPTS: u32 = 6;
+
+/// The most filler bytes [`Session::resync`] sends to complete a frame the bootloader is still
+/// reading: a Write Memory data frame is at most 258 bytes.
+const MAX_FILLER: usize = 300;
+
+/// The same after an Extended Erase: a page count taken from filler bytes makes the bootloader
+/// wait for 2 × (count + 1) + 1 bytes.
+const MAX_ERASE_FILLER: usize = 2 * 0x10000 + 8;
+
+/// The largest batch of filler bytes sent before listening again.
+const MAX_FILLER_BATCH: usize = 4096;
+
 /// What the bootloader told us about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BootloaderInfo {
@@ -171,6 +187,16 @@ pub struct Session {
     awaiting: bool,
     /// The round trip measured at identify.
     rtt: Option<Duration>,
+    /// Tries per repeatable exchange (1: never repeat, never resync on errors).
+    attempts: u32,
+    /// Bytes sent since the current exchange began (to pick a filler byte that cannot complete
+    /// any of its frames with a matching checksum).
+    sent: Vec<u8>,
+    /// Exchanges repeated after a failure.
+    retried: u64,
+    /// Times a filler byte was ACKed during a resync: the bootloader accepted a frame that
+    /// filler bytes completed, so memory may hold something nobody meant to write.
+    uncertain: u64,
 }
 
 impl Session {
@@ -186,7 +212,36 @@ impl Session {
             round_trips: 0,
             awaiting: false,
             rtt: None,
+            attempts: DEFAULT_ATTEMPTS,
+            sent: Vec::new(),
+            retried: 0,
+            uncertain: 0,
         }
+    }
+
+    /// How many times a failed exchange that can be repeated safely (reads, erases, Get
+    /// Checksum, identification, and flash writes through [`Session::write_memory_reliably`])
+    /// is tried before its error stands. Between tries the session brings the bootloader back
+    /// to waiting for a command ([`Session::resync`]). 1 turns this off: the first error stands
+    /// and no resync follows.
+    pub fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts.max(1);
+    }
+
+    /// Tries per repeatable exchange (see [`Session::set_attempts`]).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Exchanges repeated after a NACK, a timeout or a garbled reply so far.
+    pub fn retried(&self) -> u64 {
+        self.retried
+    }
+
+    /// Times a resync's filler byte was ACKed: a frame the bootloader was still reading was
+    /// completed by filler and accepted. Anything written since then must be verified.
+    pub fn uncertain_resyncs(&self) -> u64 {
+        self.uncertain
     }
 
     /// The link, for boot-pin sequences and line changes.
@@ -295,14 +350,14 @@ impl Session {
     /// Get Version, Get and Get ID, in the order stm32flash uses, absorbing the extra ACK that
     /// some bootloaders send after init.
     pub fn identify(&mut self) -> Result<&BootloaderInfo> {
-        let (_, option_bytes, extra_ack) = self.get_version_inner()?;
+        let (_, option_bytes, extra_ack) = self.repeating(|s| s.get_version_inner())?;
         if let Some(rtt) = self.rtt {
             // Twice the measurement: room for jitter on cellular links. On a local port this is
             // a few milliseconds.
             self.timeouts.latency = rtt * 2;
         }
-        let get = self.get()?;
-        let pid = self.get_id()?;
+        let get = self.repeating(|s| s.get())?;
+        let pid = self.repeating(|s| s.get_id())?;
         self.info = Some(BootloaderInfo {
             version: get.version,
             commands: get.codes,
@@ -371,8 +426,43 @@ impl Session {
         Ok(u16::from_be_bytes([id[0], id[1]]))
     }
 
-    /// Read Memory (0x11): fill `buf` (1 to 256 bytes) from `address`.
+    /// Read Memory (0x11): fill `buf` (1 to 256 bytes) from `address`. A failed exchange is
+    /// repeated (see [`Session::set_attempts`]). The bootloader sends no checksum with the
+    /// data: a byte corrupted on the line is not detected here.
     pub fn read_memory(&mut self, address: u32, buf: &mut [u8]) -> Result<()> {
+        self.repeating(|s| s.read_memory_once(address, buf))
+    }
+
+    /// Read Memory twice (or more) until two reads in a row agree, for bytes a decision rests
+    /// on (a unique ID, option bytes, OTP, the bytes a page rewrite keeps): the bootloader
+    /// sends no checksum, so this is how a byte corrupted on the line is caught. Gives up
+    /// after [`Session::set_attempts`] disagreements.
+    pub fn read_memory_stable(&mut self, address: u32, buf: &mut [u8]) -> Result<()> {
+        self.read_memory(address, buf)?;
+        if self.attempts <= 1 {
+            return Ok(());
+        }
+        let mut again = vec![0u8; buf.len()];
+        for _ in 0..self.attempts {
+            self.read_memory(address, &mut again)?;
+            if again == buf {
+                return Ok(());
+            }
+            self.retried += 1;
+            buf.copy_from_slice(&again);
+        }
+        Err(Error::Verify {
+            address,
+            detail: format!(
+                "{} bytes read back differently {} times in a row: the link corrupts data \
+                 (check the cable, the ground and the baud rate)",
+                buf.len(),
+                self.attempts
+            ),
+        })
+    }
+
+    fn read_memory_once(&mut self, address: u32, buf: &mut [u8]) -> Result<()> {
         let cmd = Command::ReadMemory;
         let count = protocol::read_count(buf.len()).ok_or_else(|| {
             Error::InvalidRequest(format!(
@@ -444,6 +534,38 @@ impl Session {
         self.field(cmd, Phase::Data, &frame, wait)
     }
 
+    /// Write Memory into flash, repeated until it is known to have landed: after a failed
+    /// exchange the bootloader is resynced and the block read back; if it holds `data` the
+    /// write is done, otherwise it is sent again (up to [`Session::set_attempts`] tries). For
+    /// flash only: a second write over programmed bytes is refused or harmless there and a
+    /// verify follows, while option bytes and OTP must never be written twice.
+    pub fn write_memory_reliably(&mut self, address: u32, data: &[u8]) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            self.sent.clear();
+            let err = match self.write_memory(address, data) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !repeatable(&err) || self.attempts <= 1 {
+                return Err(err);
+            }
+            if self.resync().is_err() {
+                return Err(err);
+            }
+            let mut back = vec![0u8; data.len()];
+            self.read_memory(address, &mut back)?;
+            if back == data {
+                return Ok(());
+            }
+            if attempt >= self.attempts {
+                return Err(err);
+            }
+            attempt += 1;
+            self.retried += 1;
+        }
+    }
+
     /// Go (0x21): jump to the application whose vector table is at `address`.
     pub fn go(&mut self, address: u32) -> Result<()> {
         let cmd = Command::Go;
@@ -460,8 +582,13 @@ impl Session {
     }
 
     /// Erase with whichever of Erase (0x43) or Extended Erase (0x44) the bootloader lists.
-    /// `timeout` covers the flash work; callers estimate it from the pages' sizes.
+    /// `timeout` covers the flash work; callers estimate it from the pages' sizes. Erasing is
+    /// idempotent, so a failed exchange is repeated (see [`Session::set_attempts`]).
     pub fn erase(&mut self, request: &EraseRequest, timeout: Duration) -> Result<()> {
+        self.repeating(|s| s.erase_once(request, timeout))
+    }
+
+    fn erase_once(&mut self, request: &EraseRequest, timeout: Duration) -> Result<()> {
         let info = self.info.as_ref().ok_or_else(not_identified)?;
         let (cmd, frame) = if info.supports(Command::ExtendedErase) {
             (Command::ExtendedErase, request.extended_frame())
@@ -523,8 +650,19 @@ impl Session {
         self.after_reset(self.timeouts.reset_settle, total)
     }
 
-    /// Get Checksum (0xA1): the CRC of `words` 32-bit words from `address`.
+    /// Get Checksum (0xA1): the CRC of `words` 32-bit words from `address`. A failed exchange
+    /// is repeated (see [`Session::set_attempts`]).
     pub fn get_checksum(
+        &mut self,
+        address: u32,
+        words: u32,
+        polynomial: u32,
+        init: u32,
+    ) -> Result<u32> {
+        self.repeating(|s| s.get_checksum_once(address, words, polynomial, init))
+    }
+
+    fn get_checksum_once(
         &mut self,
         address: u32,
         words: u32,
@@ -696,6 +834,114 @@ impl Session {
     fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.link.write_all(bytes)?;
         self.awaiting = true;
+        if self.sent.len() < 2 * MAX_BLOCK {
+            self.sent.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    /// Run `exchange`, and after an error it can recover from (a NACK, a timeout, a garbled
+    /// reply) resync and run it again, up to the session's attempts. The last error stands.
+    fn repeating<T>(&mut self, mut exchange: impl FnMut(&mut Session) -> Result<T>) -> Result<T> {
+        let mut attempt = 1;
+        loop {
+            self.sent.clear();
+            let err = match exchange(self) {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !repeatable(&err) || self.attempts <= 1 {
+                return Err(err);
+            }
+            // A command refused outright is most often refused for good (read protection, a
+            // command the bootloader lacks): try it less often than a garbled exchange.
+            let limit = match err {
+                Error::Nack {
+                    phase: Phase::Command,
+                    ..
+                } => self.attempts.min(3),
+                _ => self.attempts,
+            };
+            if attempt >= limit {
+                // Leave the bootloader waiting for a command for whatever comes next.
+                let _ = self.resync();
+                return Err(err);
+            }
+            attempt += 1;
+            self.retried += 1;
+            if self.resync().is_err() {
+                // Garbled again: the next try starts with another resync.
+                continue;
+            }
+        }
+    }
+
+    /// Bring the bootloader back to waiting for a command after a failed exchange, whatever
+    /// part of a frame it was still reading.
+    ///
+    /// A byte lost on the way leaves the bootloader waiting for one more; a lost ACK leaves it
+    /// waiting for the next field. So filler bytes are sent, in growing batches, until it
+    /// answers: it then completes the frame with them and checks the checksum. The filler is
+    /// an even value (a Write Memory data frame or a legacy erase list made of filler then
+    /// holds an odd number of equal bytes, whose XOR is not zero; an Extended Erase list always
+    /// does), neither 0x00 nor 0x80 (so that 0x7F cannot complete it as a command pair), and
+    /// where possible a value that the exchange never sent, nor any complement of what it sent:
+    /// a frame short of one byte is then never completed with the byte it lost, and a waiting
+    /// command byte never meets its complement. Once a NACK comes, [`Session::settle_idle`]
+    /// makes sure no half command is left. If nothing answers (the chip reset and its
+    /// bootloader waits for 0x7F), the session syncs and identifies again.
+    pub fn resync(&mut self) -> Result<()> {
+        let filler = filler_for(&self.sent);
+        let budget = if self.sent.first() == Some(&Command::ExtendedErase.code()) {
+            MAX_ERASE_FILLER
+        } else {
+            MAX_FILLER
+        };
+        self.sent.clear();
+        let wait = self.timeouts.sync_wait(0);
+        let quiet = self.timeouts.drain;
+        self.timeouts.drain = quiet.max(wait);
+        let drained = self.drain();
+        self.timeouts.drain = quiet;
+        drained?;
+        let mut sent = 0;
+        let mut batch = 1;
+        while sent < budget {
+            self.link.write_all(&vec![filler; batch])?;
+            self.awaiting = true;
+            sent += batch;
+            match self.read_byte(wait + self.wire_time(batch)) {
+                Ok(reply @ (ACK | NACK)) => {
+                    if reply == ACK {
+                        self.uncertain += 1;
+                    }
+                    self.settle_idle(wait)?;
+                    self.sent.clear();
+                    return Ok(());
+                }
+                Ok(_) => self.stray_bytes += 1,
+                Err(LinkError::Timeout(_)) => {
+                    batch = (batch * 2).min(MAX_FILLER_BATCH).min(budget - sent);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Nothing answered filler: the bootloader restarted and waits for 0x7F.
+        let info = self.info.clone();
+        // Identify once, without repeats: a repeat would resync from inside this one.
+        let attempts = std::mem::replace(&mut self.attempts, 1);
+        let restarted = self.after_reset(Duration::ZERO, self.timeouts.resync);
+        self.attempts = attempts;
+        restarted?;
+        if let (Some(before), Some(now)) = (&info, &self.info) {
+            if before.pid != now.pid {
+                return Err(Error::InvalidRequest(format!(
+                    "after a resync the bootloader reports PID 0x{:03X}, not 0x{:03X}: is                      another chip on this link?",
+                    now.pid, before.pid
+                )));
+            }
+        }
+        self.sent.clear();
         Ok(())
     }
 
@@ -713,9 +959,11 @@ impl Session {
                 Ok(()) => {}
                 Err(e @ (Error::Nack { .. } | Error::UnexpectedReply { .. })) => {
                     self.pipelining = false;
-                    self.drain()?;
-                    let wait = self.timeouts.sync_wait(0);
-                    self.settle_idle(wait)?;
+                    if self.attempts <= 1 {
+                        self.drain()?;
+                        let wait = self.timeouts.sync_wait(0);
+                        self.settle_idle(wait)?;
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -858,6 +1106,37 @@ impl Session {
             other => Error::Link(other),
         }
     }
+}
+
+/// Whether an exchange that failed with `e` can be repeated after a resync: the bootloader
+/// refused or garbled it, or stayed silent. Link errors (a closed port) and refusals made
+/// before anything was sent cannot.
+fn repeatable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Nack { .. }
+            | Error::Timeout { .. }
+            | Error::UnexpectedReply { .. }
+            | Error::MalformedReply { .. }
+    )
+}
+
+/// The filler byte for [`Session::resync`] after an exchange that sent `sent`: the first even
+/// value from 0x02 (small, so that an Extended Erase count made of it stays short) that is
+/// neither 0x80 nor in `sent` nor the complement of a byte in `sent`; failing that, the even
+/// value that occurs least often in `sent`.
+fn filler_for(sent: &[u8]) -> u8 {
+    let mut seen = [0u32; 256];
+    for &b in sent {
+        seen[usize::from(b)] += 1;
+        seen[usize::from(!b)] += 1;
+    }
+    let candidates = (0x02..=0xFEu8).step_by(2).filter(|&f| f != 0x80);
+    candidates
+        .clone()
+        .find(|&f| seen[usize::from(f)] == 0)
+        .or_else(|| candidates.min_by_key(|&f| seen[usize::from(f)]))
+        .unwrap_or(0x02)
 }
 
 fn not_identified() -> Error {
@@ -1066,10 +1345,10 @@ mod tests {
             ..Script::default()
         }));
         let link = ScriptedLink(Arc::clone(&script));
-        (
-            Session::new(Box::new(link), Timeouts::default()),
-            Handle(script),
-        )
+        let mut session = Session::new(Box::new(link), Timeouts::default());
+        // The scripts spell out every byte of one try; repeats have tests of their own.
+        session.set_attempts(1);
+        (session, Handle(script))
     }
 
     const V31: [u8; 11] = [

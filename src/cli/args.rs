@@ -128,6 +128,12 @@ pub struct ConnectArgs {
     /// where sending a command's phases together is safe.
     #[arg(long)]
     pub no_pipeline: bool,
+
+    /// How many times a failed read, erase, checksum or flash write is repeated after a NACK,
+    /// a timeout or a garbled reply (the bootloader is resynced in between). 0: the first
+    /// error stands.
+    #[arg(long, env = "STM32BOOT_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
 }
 
 /// `--after` choices.

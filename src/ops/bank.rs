@@ -165,7 +165,7 @@ pub fn read_status(conn: &mut Connection) -> Result<BankStatus> {
             continue;
         };
         let mut b = [0u8; 8];
-        conn.session.read_memory(addr, &mut b)?;
+        conn.session.read_memory_stable(addr, &mut b)?;
         words.push((
             u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             u32::from_le_bytes([b[4], b[5], b[6], b[7]]),

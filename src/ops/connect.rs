@@ -150,7 +150,7 @@ impl Connection {
             return Ok(None);
         }
         let mut uid = [0u8; 12];
-        self.session.read_memory(addr, &mut uid)?;
+        self.session.read_memory_stable(addr, &mut uid)?;
         Ok(Some(uid))
     }
 
@@ -256,7 +256,7 @@ pub fn connect(
         size = s;
     } else if let Some(reg) = device.flash_size_register {
         let mut kib = [0u8; 2];
-        match session.read_memory(reg, &mut kib) {
+        match session.read_memory_stable(reg, &mut kib) {
             Ok(()) => {
                 let kib = u16::from_le_bytes(kib);
                 if kib != 0 && kib != 0xFFFF {
@@ -300,7 +300,7 @@ fn layout_for(
     let mut option_bytes = Vec::new();
     for addr in device.layout_option_addresses(size) {
         let mut b = [0u8; 1];
-        match session.read_memory(addr, &mut b) {
+        match session.read_memory_stable(addr, &mut b) {
             Ok(()) => option_bytes.push((addr, b[0])),
             Err(Error::Nack {
                 phase: crate::error::Phase::Command,

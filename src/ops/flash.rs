@@ -248,7 +248,7 @@ fn execute(
     let mut done = 0u64;
     for block in &plan.blocks {
         conn.session
-            .write_memory(block.address, &block.data)
+            .write_memory_reliably(block.address, &block.data)
             .map_err(|e| at(e, block.address))?;
         done += block.data.len() as u64;
         report.blocks_written += 1;
@@ -577,7 +577,8 @@ fn merge_partial_pages(
     let mut merged = Image::new();
     let mut entries = Vec::with_capacity(pages.len());
     for page in pages {
-        let original = read_memory(conn, page.address, page.size, progress)?;
+        // The kept bytes are written back: a byte corrupted on the way in would be lost.
+        let original = read_memory_stable(conn, page.address, page.size, progress)?;
         let mut target = original.clone();
         for (addr, data) in image.slice(page.address, page.size) {
             let off = (addr - page.address) as usize;
@@ -862,6 +863,14 @@ fn read_compare(
         let a = addr + (i * MAX_BLOCK) as u32;
         let got = &mut buf[..chunk.len()];
         conn.session.read_memory(a, got)?;
+        // A difference may be a byte corrupted on the line: read again before believing it
+        // (noise never turns wrong content into exactly the expected bytes).
+        for _ in 1..conn.session.attempts() {
+            if got == chunk {
+                break;
+            }
+            conn.session.read_memory(a, got)?;
+        }
         if let Some(k) = got.iter().zip(chunk).position(|(g, e)| g != e) {
             return Err(Error::Verify {
                 address: a + k as u32,
@@ -915,6 +924,69 @@ pub fn read_memory(
     }
     progress.finish(Stage::Read);
     Ok(out)
+}
+
+/// Read `len` bytes from `addr` so that a byte corrupted on the line cannot pass: where the
+/// bootloader has Get Checksum and the range is whole words, the read is checked against the
+/// chip's CRC of it; otherwise each block is read until two reads in a row agree. For bytes
+/// that are written back or decided on.
+pub fn read_memory_stable(
+    conn: &mut Connection,
+    addr: u32,
+    len: u32,
+    progress: &mut dyn Progress,
+) -> Result<Vec<u8>> {
+    let by_crc =
+        conn.bootloader.supports(Command::GetChecksum) && addr % 4 == 0 && len % 4 == 0 && len > 0;
+    if !by_crc {
+        if len == 0 {
+            return read_memory(conn, addr, len, progress);
+        }
+        let mut out = vec![0u8; len as usize];
+        progress.start(Stage::Read, u64::from(len));
+        for (i, chunk) in out.chunks_mut(MAX_BLOCK).enumerate() {
+            conn.session
+                .read_memory_stable(addr + (i * MAX_BLOCK) as u32, chunk)?;
+            progress.update(Stage::Read, ((i * MAX_BLOCK) + chunk.len()) as u64);
+        }
+        progress.finish(Stage::Read);
+        return Ok(out);
+    }
+    let mut data = read_memory(conn, addr, len, progress)?;
+    let crc = conn
+        .session
+        .get_checksum(addr, len / 4, DEFAULT_POLYNOMIAL, DEFAULT_INIT)?;
+    if crc == stm32_crc(&data) {
+        return Ok(data);
+    }
+    // Find the corrupted blocks by their own CRCs and read those again.
+    let tries = conn.session.attempts();
+    for (i, chunk) in data.chunks_mut(MAX_BLOCK).enumerate() {
+        let at = addr + (i * MAX_BLOCK) as u32;
+        let words = (chunk.len() / 4) as u32;
+        let mut good = false;
+        for _ in 0..tries {
+            let crc = conn
+                .session
+                .get_checksum(at, words, DEFAULT_POLYNOMIAL, DEFAULT_INIT)?;
+            if crc == stm32_crc(chunk) {
+                good = true;
+                break;
+            }
+            conn.session.read_memory(at, chunk)?;
+        }
+        if !good {
+            return Err(Error::Verify {
+                address: at,
+                detail: format!(
+                    "{} bytes read back never matched the chip's CRC of them in {tries} tries: \
+                     the link corrupts data (check the cable, the ground and the baud rate)",
+                    chunk.len()
+                ),
+            });
+        }
+    }
+    Ok(data)
 }
 
 /// The STM32 CRC of `len` bytes (a multiple of 4) at `addr`: Get Checksum where offered,

@@ -58,7 +58,7 @@ pub fn read(conn: &mut Connection) -> Result<ObImage> {
             let n = (bytes.len() - off).min(MAX_BLOCK);
             match conn
                 .session
-                .read_memory(w.start + off as u32, &mut bytes[off..off + n])
+                .read_memory_stable(w.start + off as u32, &mut bytes[off..off + n])
             {
                 Ok(()) => {}
                 Err(Error::Nack {

@@ -445,7 +445,7 @@ fn read_range(
     let mut done = 0usize;
     for chunk in out.chunks_mut(MAX_BLOCK) {
         conn.session
-            .read_memory(start + done as u32, chunk)
+            .read_memory_stable(start + done as u32, chunk)
             .map_err(|e| otp_read_error(e, &conn.device.name))?;
         done += chunk.len();
         progress.update(stage, done as u64);

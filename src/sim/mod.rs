@@ -52,6 +52,8 @@ pub struct SimSpec {
     pub op_fault: Option<OpFault>,
     /// NACK the Nth command (`nack_at=5`).
     pub nack_at: Option<u64>,
+    /// How many commands in a row, from the Nth, are NACKed (`nack_count=4`: a burst).
+    pub nack_count: u64,
     /// The application jumps to the bootloader when it receives this (`enter=STRING`).
     pub app_magic: Option<String>,
     /// Whether the in-process link waits in real time (`clock=real`) or runs on a virtual clock
@@ -61,7 +63,7 @@ pub struct SimSpec {
 
 /// Options `sim:` accepts, for error messages.
 const OPTIONS: &str = "state, version, flash, uid, pid, timing, latency, send_timer, seed, drop, \
-corrupt, cut_after, nack_at, reset_at, power_loss_at, power_off, nrst, boot0, nrst_inverted, \
+corrupt, cut_after, nack_at, nack_count, reset_at, power_loss_at, power_off, nrst, boot0, nrst_inverted, \
 boot0_inverted, enter, clock, echo";
 
 impl SimSpec {
@@ -135,6 +137,13 @@ impl SimSpec {
                             .filter(|n| *n > 0)
                             .ok_or_else(|| bad(k, v, "give a command number from 1".into()))?,
                     )
+                }
+                "nack_count" => {
+                    out.nack_count = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad(k, v, "give a number of commands from 1".into()))?
                 }
                 "reset_at" | "power_loss_at" => {
                     let kind = if k == "reset_at" {
@@ -214,6 +223,7 @@ impl SimSpec {
             wire: WireConfig::default(),
             op_fault: None,
             nack_at: None,
+            nack_count: 1,
             app_magic: None,
             realtime: None,
         }
@@ -277,7 +287,7 @@ impl SimSpec {
             target.set_pid(pid);
         }
         target.set_op_fault(self.op_fault);
-        target.set_nack_at(self.nack_at);
+        target.set_nack_at(self.nack_at, self.nack_count);
         target.set_app_magic(self.app_magic.as_ref().map(|m| m.as_bytes().to_vec()));
         Ok(target)
     }

@@ -154,6 +154,7 @@ pub struct Target {
     writes_seen: u64,
     erases_seen: u64,
     nack_at: Option<u64>,
+    nack_count: u64,
     resumed: bool,
     booted_bank: Option<u8>,
     autobaud: Option<u32>,
@@ -186,6 +187,7 @@ impl Target {
             writes_seen: 0,
             erases_seen: 0,
             nack_at: None,
+            nack_count: 1,
             resumed: false,
             booted_bank: None,
             autobaud: None,
@@ -241,9 +243,11 @@ impl Target {
         self.op_fault = fault;
     }
 
-    /// NACK the `n`th command (counted from 1 since the simulator started), once.
-    pub fn set_nack_at(&mut self, n: Option<u64>) {
+    /// NACK the `n`th command (counted from 1 since the simulator started) and the `count - 1`
+    /// commands after it: a burst of refusals, once.
+    pub fn set_nack_at(&mut self, n: Option<u64>, count: u64) {
         self.nack_at = n;
+        self.nack_count = count.max(1);
     }
 
     /// The level of the BOOT0 pin, sampled at the next reset.
@@ -463,10 +467,14 @@ impl Target {
                     return;
                 }
                 self.commands_seen += 1;
-                if self.nack_at == Some(self.commands_seen) {
-                    self.nack_at = None;
-                    out.push(NACK);
-                    return;
+                if let Some(first) = self.nack_at {
+                    if self.commands_seen >= first {
+                        if self.commands_seen + 1 >= first + self.nack_count {
+                            self.nack_at = None;
+                        }
+                        out.push(NACK);
+                        return;
+                    }
                 }
                 self.start_command(cmd, out);
             }

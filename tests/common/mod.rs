@@ -10,10 +10,15 @@ use stm32boot::sim::{Chip, SimSpec};
 
 /// Run `stm32boot` with `args`; environment variables that would change defaults are cleared.
 /// The page journal goes to a fresh directory per call unless the test passes `--journal`.
+///
+/// Failed exchanges are not repeated (`STM32BOOT_RETRIES=0`): the tests that inject a fault
+/// here check what happens when it stands (the journal, `recover`, the error named). How
+/// retries absorb faults is tested in tests/soak.rs and tests/retries.rs.
 pub fn run(args: &[&str]) -> Output {
     let state = tempfile::tempdir().expect("temp dir");
     Command::new(env!("CARGO_BIN_EXE_stm32boot"))
         .args(args)
+        .env("STM32BOOT_RETRIES", "0")
         .env_remove("STM32BOOT_PORT")
         .env_remove("STM32BOOT_BAUD")
         .env_remove("STM32BOOT_JOURNAL")

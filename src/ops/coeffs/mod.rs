@@ -115,7 +115,7 @@ pub fn read_slots(
     let erased = conn.device.rules.erased;
     let mut slots = Vec::with_capacity(layout.slots.len());
     for &address in &layout.slots {
-        let bytes = flash::read_memory(conn, address, layout.size(), progress)?;
+        let bytes = flash::read_memory_stable(conn, address, layout.size(), progress)?;
         slots.push(SlotReport {
             address,
             state: block::inspect(layout, &bytes, erased),
@@ -226,7 +226,7 @@ pub fn write_block(
     }
     let plan = plan_write(conn, layout, values, progress)?;
     let report = flash::write_image(conn, &plan.image()?, options, progress)?;
-    let back = flash::read_memory(conn, plan.address, layout.size(), progress)?;
+    let back = flash::read_memory_stable(conn, plan.address, layout.size(), progress)?;
     match block::inspect(layout, &back, conn.device.rules.erased) {
         SlotState::Valid { sequence, .. } if sequence == plan.sequence => {}
         other => {
