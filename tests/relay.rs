@@ -1243,7 +1243,8 @@ fn a_port_held_by_one_run_cannot_be_opened_by_another() {
         let text = expect_exit(&out, 3);
         assert!(
             text.contains(&format!("cannot open {}", path.display()))
-                && text.contains("exclusive lock"),
+                && text.contains("exclusive lock")
+                && text.contains("another program has this port open"),
             "{text}"
         );
     }

@@ -206,7 +206,7 @@ fn fault_for(index: u64, rng: &mut ChaCha8Rng) -> Fault {
             } else {
                 "erase"
             },
-            n: rng.random_range(0..24),
+            n: rng.random_range(1..24),
         },
         _ => Fault::PowerLoss {
             op: if rng.random_bool(0.5) {
@@ -214,7 +214,7 @@ fn fault_for(index: u64, rng: &mut ChaCha8Rng) -> Fault {
             } else {
                 "erase"
             },
-            n: rng.random_range(0..24),
+            n: rng.random_range(1..24),
             fraction: rng.random_range(0.05..0.95),
         },
     }

@@ -56,6 +56,12 @@ impl SerialLink {
 fn open_hint(e: &serialport::Error) -> String {
     let base = e.to_string();
     match e.kind() {
+        // serialport reports a port held under TIOCEXCL (by another stm32boot, a relay, a
+        // terminal program) as NoDevice with this text.
+        serialport::ErrorKind::NoDevice if base.contains("exclusive lock") => format!(
+            "{base}: another program has this port open (a second stm32boot, a relay, a terminal \
+             or ModemManager); close it and try again"
+        ),
         serialport::ErrorKind::NoDevice => {
             format!("{base}: is the adapter plugged in? `stm32boot ports` lists ports")
         }
