@@ -550,8 +550,8 @@ impl Session {
             if !repeatable(&err) || self.attempts <= 1 {
                 return Err(err);
             }
-            if self.resync().is_err() {
-                return Err(err);
+            if let Err(lost) = self.resync() {
+                return Err(gone(err, &lost));
             }
             let mut back = vec![0u8; data.len()];
             self.read_memory(address, &mut back)?;
@@ -559,7 +559,7 @@ impl Session {
                 return Ok(());
             }
             if attempt >= self.attempts {
-                return Err(err);
+                return Err(tried(err, attempt));
             }
             attempt += 1;
             self.retried += 1;
@@ -865,13 +865,12 @@ impl Session {
             if attempt >= limit {
                 // Leave the bootloader waiting for a command for whatever comes next.
                 let _ = self.resync();
-                return Err(err);
+                return Err(tried(err, attempt));
             }
             attempt += 1;
             self.retried += 1;
-            if self.resync().is_err() {
-                // Garbled again: the next try starts with another resync.
-                continue;
+            if let Err(lost) = self.resync() {
+                return Err(gone(err, &lost));
             }
         }
     }
@@ -1119,6 +1118,78 @@ fn repeatable(e: &Error) -> bool {
             | Error::UnexpectedReply { .. }
             | Error::MalformedReply { .. }
     )
+}
+
+/// `e`, after which the bootloader did not come back to a resync (`lost`): say so, since that
+/// (a reset chip that booted its application, power lost, a cut link) is what to look at.
+fn gone(e: Error, lost: &Error) -> Error {
+    let why = match lost {
+        Error::NoSync { .. } => "it did not answer 0x7F either: the chip lost power, reset into \
+                                 its application, or the link is down"
+            .to_string(),
+        other => other.to_string(),
+    };
+    let note = |_: Option<String>| Some(format!("then the bootloader did not come back: {why}"));
+    match e {
+        Error::Timeout {
+            command,
+            phase,
+            timeout,
+            hint,
+        } => Error::Timeout {
+            command,
+            phase,
+            timeout,
+            hint: note(hint),
+        },
+        Error::Nack {
+            command,
+            phase,
+            hint,
+        } => Error::Nack {
+            command,
+            phase,
+            hint: note(hint),
+        },
+        other => other,
+    }
+}
+
+/// `e` after `attempts` tries: its hint says so, since a timeout's usual advice (a longer
+/// timeout) rarely helps a bootloader that failed the same exchange that often.
+fn tried(e: Error, attempts: u32) -> Error {
+    if attempts <= 1 {
+        return e;
+    }
+    let note = |hint: Option<String>| {
+        Some(format!(
+            "failed {attempts} times with a resync between tries{}",
+            hint.map(|h| format!("; {h}")).unwrap_or_default()
+        ))
+    };
+    match e {
+        Error::Timeout {
+            command,
+            phase,
+            timeout,
+            hint,
+        } => Error::Timeout {
+            command,
+            phase,
+            timeout,
+            hint: note(hint),
+        },
+        Error::Nack {
+            command,
+            phase,
+            hint,
+        } => Error::Nack {
+            command,
+            phase,
+            hint: note(hint),
+        },
+        other => other,
+    }
 }
 
 /// The filler byte for [`Session::resync`] after an exchange that sent `sent`: the first even
@@ -1389,6 +1460,23 @@ mod tests {
 
     fn assert_invalid(e: Error) {
         assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+    }
+
+    #[test]
+    fn filler_is_even_and_never_a_byte_or_complement_the_exchange_sent() {
+        // Nothing sent yet: the smallest even value.
+        assert_eq!(filler_for(&[]), 0x02);
+        // 0x02 sent, and 0x04's complement (0xFB): the next free even value.
+        assert_eq!(filler_for(&[0x02, 0xFB]), 0x06);
+        let frame: Vec<u8> = (0u8..=0x3F).collect();
+        let f = filler_for(&frame);
+        assert!(f % 2 == 0 && f != 0x80 && f != 0);
+        assert!(!frame.contains(&f) && !frame.iter().any(|&b| !b == f));
+        // Every value sent: the even value sent least often, still never 0x00 or 0x80.
+        let mut all: Vec<u8> = (0u8..=255).chain(0u8..=255).collect();
+        all.retain(|&b| b != 0x42 && b != !0x42);
+        let f = filler_for(&all);
+        assert_eq!(f, 0x42);
     }
 
     #[test]
