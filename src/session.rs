@@ -356,8 +356,10 @@ impl Session {
             // a few milliseconds.
             self.timeouts.latency = rtt * 2;
         }
-        let get = self.repeating(|s| s.get())?;
-        let pid = self.repeating(|s| s.get_id())?;
+        // Get and Get ID carry no checksum: with repeats on, each is asked until two answers
+        // agree, so that a corrupted byte cannot pass for another part or command list.
+        let get = self.agreed(|s| s.get())?;
+        let pid = self.agreed(|s| s.get_id())?;
         self.info = Some(BootloaderInfo {
             version: get.version,
             commands: get.codes,
@@ -873,6 +875,34 @@ impl Session {
                 return Err(gone(err, &lost));
             }
         }
+    }
+
+    /// Run `exchange` (repeated as [`Session::repeating`] does) until two answers in a row
+    /// agree; once only when repeats are off.
+    fn agreed<T: PartialEq>(
+        &mut self,
+        mut exchange: impl FnMut(&mut Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut answer = self.repeating(&mut exchange)?;
+        if self.attempts <= 1 {
+            return Ok(answer);
+        }
+        for _ in 0..self.attempts {
+            let again = self.repeating(&mut exchange)?;
+            if again == answer {
+                return Ok(answer);
+            }
+            self.retried += 1;
+            answer = again;
+        }
+        Err(Error::MalformedReply {
+            command: Command::Get,
+            detail: format!(
+                "the bootloader's answers to Get/Get ID kept changing over {} tries: the link \
+                 corrupts data (check the cable, the ground and the baud rate)",
+                self.attempts
+            ),
+        })
     }
 
     /// Bring the bootloader back to waiting for a command after a failed exchange, whatever

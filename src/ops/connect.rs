@@ -256,7 +256,7 @@ pub fn connect(
         size = s;
     } else if let Some(reg) = device.flash_size_register {
         let mut kib = [0u8; 2];
-        match session.read_memory_stable(reg, &mut kib) {
+        match read_unless_protected(&mut session, reg, &mut kib) {
             Ok(()) => {
                 let kib = u16::from_le_bytes(kib);
                 if kib != 0 && kib != 0xFFFF {
@@ -287,6 +287,26 @@ pub fn connect(
         read_protected,
         leave: options.leave.clone(),
     })
+}
+
+/// Read `buf` at `addr`, where a NACK of the command itself means read protection. A bootloader
+/// can also refuse a few commands in a row for other reasons (a burst of line noise): read
+/// protection is only concluded when the refusal persists across three rounds of tries.
+fn read_unless_protected(session: &mut Session, addr: u32, buf: &mut [u8]) -> Result<()> {
+    let rounds = if session.attempts() > 1 { 3 } else { 1 };
+    let mut last = None;
+    for _ in 0..rounds {
+        match session.read_memory_stable(addr, buf) {
+            Err(
+                e @ Error::Nack {
+                    phase: crate::error::Phase::Command,
+                    ..
+                },
+            ) => last = Some(e),
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::InvalidRequest("no read was tried".into())))
 }
 
 /// The device with the page map its flash size and its layout-selecting option bits give

@@ -183,6 +183,11 @@ pub fn write_image(
         }
     }
     let preserved = plan.partial_pages.len();
+    let kept_pages: Vec<Page> = if options.preserve {
+        plan.partial_pages.clone()
+    } else {
+        Vec::new()
+    };
     let (image, plan) = if options.preserve && !plan.partial_pages.is_empty() {
         if journal.is_none() {
             progress.note(Note::Warning(
@@ -215,6 +220,17 @@ pub fn write_image(
         (plan, Vec::new())
     };
     let mut report = execute(conn, &image, &plan, options, progress)?;
+    if !options.verify && !kept_pages.is_empty() {
+        // Bytes the user did not supply were rewritten: check them even without --verify (a
+        // frame with two flipped bits passes the bootloader's checksum).
+        let mut kept = Image::new();
+        for page in &kept_pages {
+            for (addr, data) in image.slice(page.address, page.size) {
+                kept.add(addr, data).map_err(Error::Image)?;
+            }
+        }
+        verify_image(conn, &kept, progress)?;
+    }
     report.pages_written_into_blank = written_into_blank;
     if options.preserve {
         report.pages_preserved = preserved;
