@@ -8,7 +8,8 @@
 #   scripts/soak.sh                 500 runs from seed 1
 #   scripts/soak.sh --runs 2000 --seed 1000
 #   scripts/soak.sh --time 3600     as many runs as fit in an hour
-#   scripts/soak.sh --only 123      replay run 123 of a soak from seed 1, keeping its files
+#   scripts/soak.sh --only 123      replay the run of seed 123 (of a soak from --seed, default 1),
+#                                   keeping its files and a --trace of the faulted command
 #
 # The counts also go to bench/soak.json (--report FILE to change). Every run is replayed
 # exactly by its seed: the simulated link runs on a virtual clock, so nothing depends on the

@@ -68,7 +68,7 @@ impl Timeouts {
 
     /// `base` multiplied by the scale factor, plus the link's latency allowance.
     pub fn apply(&self, base: Duration) -> Duration {
-        base.mul_f64(self.scale) + self.latency
+        base.mul_f64(self.scale) + self.latency.min(Duration::from_secs(60))
     }
 
     /// How long one [`Session::sync`] may take in all: each 0x7F waits twice as long as the one
@@ -435,31 +435,41 @@ impl Session {
         self.repeating(|s| s.read_memory_once(address, buf))
     }
 
-    /// Read Memory twice (or more) until two reads in a row agree, for bytes a decision rests
-    /// on (a unique ID, option bytes, OTP, the bytes a page rewrite keeps): the bootloader
-    /// sends no checksum, so this is how a byte corrupted on the line is caught. Gives up
-    /// after [`Session::set_attempts`] disagreements.
+    /// Read Memory until two reads in a row agree (three, once the session has had to repeat
+    /// anything: on a line that corrupts bytes, two reads corrupted alike are rare but not
+    /// rare enough), for bytes a decision rests on or that are written back (a unique ID,
+    /// option bytes, OTP, the kept bytes of a page rewrite): the bootloader sends no checksum,
+    /// so this is how a byte corrupted on the line is caught. Gives up after
+    /// 2 × [`Session::set_attempts`] reads without such a run.
     pub fn read_memory_stable(&mut self, address: u32, buf: &mut [u8]) -> Result<()> {
         self.read_memory(address, buf)?;
         if self.attempts <= 1 {
             return Ok(());
         }
         let mut again = vec![0u8; buf.len()];
-        for _ in 0..self.attempts {
+        let mut alike = 1;
+        for _ in 0..2 * self.attempts {
             self.read_memory(address, &mut again)?;
             if again == buf {
-                return Ok(());
+                alike += 1;
+                let needed = if self.retried > 0 { 3 } else { 2 };
+                if alike >= needed {
+                    return Ok(());
+                }
+            } else {
+                self.retried += 1;
+                alike = 1;
+                buf.copy_from_slice(&again);
             }
-            self.retried += 1;
-            buf.copy_from_slice(&again);
         }
         Err(Error::Verify {
             address,
             detail: format!(
-                "{} bytes read back differently {} times in a row: the link corrupts data \
-                 (check the cable, the ground and the baud rate)",
+                "{} bytes never read back the same way {} times in a row in {} reads: the link \
+                 corrupts data (check the cable, the ground and the baud rate)",
                 buf.len(),
-                self.attempts
+                if self.retried > 0 { 3 } else { 2 },
+                2 * self.attempts + 1
             ),
         })
     }
@@ -950,7 +960,9 @@ impl Session {
                 }
                 Ok(_) => self.stray_bytes += 1,
                 Err(LinkError::Timeout(_)) => {
-                    batch = (batch * 2).min(MAX_FILLER_BATCH).min(budget - sent);
+                    batch = (batch * 2)
+                        .min(MAX_FILLER_BATCH)
+                        .min(budget.saturating_sub(sent));
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -689,8 +689,8 @@ fn soak_long() {
     let mut runs = env("SOAK_RUNS").unwrap_or(500);
     let mut seed = env("SOAK_SEED").unwrap_or(1);
     if let Some(only) = env("SOAK_ONLY") {
-        // Replay one run of a soak that started at seed 1 (the default), keeping the files.
-        let s = scenario(only - 1, only);
+        // Replay one run of a soak that started at SOAK_SEED (default 1), keeping the files.
+        let s = scenario(only.saturating_sub(seed), only);
         let outcome = run_one_keeping(&s, true);
         println!("{s:?}\n{outcome:?}");
         runs = 0;
