@@ -144,7 +144,34 @@ pub fn check_protected(plan: &FlashPlan, options: &WriteOptions) -> Result<()> {
 /// journalled (original and target content) and written whole, so no byte outside the image
 /// changes; the journal entry goes once the write is verified (or written, without verify).
 /// A journal left by a run that did not finish is completed first.
+///
+/// If the verify finds a difference and the session repeats failed exchanges, the write runs
+/// once more over the pages that do not hold their target yet (a block that a frame with two
+/// flipped bits, or a resync's filler, garbled): those pages are erased and written again,
+/// their kept bytes read anew. A difference that stays (a write-protected page) is reported.
 pub fn write_image(
+    conn: &mut Connection,
+    image: &Image,
+    options: &WriteOptions,
+    progress: &mut dyn Progress,
+) -> Result<WriteReport> {
+    match write_image_once(conn, image, options, progress) {
+        Err(Error::Verify { address, detail }) if conn.session.attempts() > 1 => {
+            progress.note(Note::Warning(format!(
+                "verify failed at 0x{address:08X} ({detail}): writing the pages that differ again"
+            )));
+            let again = WriteOptions {
+                skip_matching_pages: true,
+                verify: true,
+                ..options.clone()
+            };
+            write_image_once(conn, image, &again, progress)
+        }
+        other => other,
+    }
+}
+
+fn write_image_once(
     conn: &mut Connection,
     image: &Image,
     options: &WriteOptions,

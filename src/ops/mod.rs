@@ -21,4 +21,4 @@ pub mod progress;
 
 pub use connect::{connect, ConnectOptions, Connection};
 pub use plan::{EraseStep, FlashPlan, PlanOptions, WriteBlock};
-pub use progress::{NoProgress, Note, Progress, Stage};
+pub use progress::{NoProgress, Note, NoteLog, Progress, Stage};
