@@ -945,26 +945,31 @@ impl Session {
         drained?;
         let mut sent = 0;
         let mut batch = 1;
-        while sent < budget {
+        'filling: while sent < budget {
             self.link.write_all(&vec![filler; batch])?;
             self.awaiting = true;
             sent += batch;
-            match self.read_byte(wait + self.wire_time(batch)) {
-                Ok(reply @ (ACK | NACK)) => {
-                    if reply == ACK {
-                        self.uncertain += 1;
+            // Listen until the batch is answered or the line goes quiet; a stray byte (noise,
+            // an echo) is skipped without sending more.
+            loop {
+                match self.read_byte(wait + self.wire_time(batch)) {
+                    Ok(reply @ (ACK | NACK)) => {
+                        if reply == ACK {
+                            self.uncertain += 1;
+                        }
+                        self.settle_idle(wait)?;
+                        self.sent.clear();
+                        return Ok(());
                     }
-                    self.settle_idle(wait)?;
-                    self.sent.clear();
-                    return Ok(());
+                    Ok(_) => self.stray_bytes += 1,
+                    Err(LinkError::Timeout(_)) => {
+                        batch = (batch * 2)
+                            .min(MAX_FILLER_BATCH)
+                            .min(budget.saturating_sub(sent));
+                        continue 'filling;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(_) => self.stray_bytes += 1,
-                Err(LinkError::Timeout(_)) => {
-                    batch = (batch * 2)
-                        .min(MAX_FILLER_BATCH)
-                        .min(budget.saturating_sub(sent));
-                }
-                Err(e) => return Err(e.into()),
             }
         }
         // Nothing answered filler: the bootloader restarted and waits for 0x7F.
@@ -977,7 +982,8 @@ impl Session {
         if let (Some(before), Some(now)) = (&info, &self.info) {
             if before.pid != now.pid {
                 return Err(Error::InvalidRequest(format!(
-                    "after a resync the bootloader reports PID 0x{:03X}, not 0x{:03X}: is                      another chip on this link?",
+                    "after a resync the bootloader reports PID 0x{:03X}, not 0x{:03X}: is another \
+                     chip on this link?",
                     now.pid, before.pid
                 )));
             }
@@ -1502,6 +1508,93 @@ mod tests {
 
     fn assert_invalid(e: Error) {
         assert!(matches!(e, Error::InvalidRequest(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_latency_allowance_is_capped() {
+        // Fuzz regression (fuzz/regressions/session/latency-ratchet): a device answering just
+        // before each deadline made every reconnect double the allowance without end.
+        let t = Timeouts {
+            latency: Duration::from_secs(100_000),
+            ..Timeouts::default()
+        };
+        assert_eq!(
+            t.apply(Duration::from_secs(1)),
+            Duration::from_secs(61),
+            "one second plus at most a minute of latency"
+        );
+    }
+
+    /// Stays silent, but once 255 bytes have been written (a resync's batches 1 + 2 + ... +
+    /// 128) answers one byte that is neither ACK nor NACK, so the resync sends its 128-byte
+    /// batch again, past its 300-byte budget; the virtual clock advances by every wait.
+    struct StrayThenSilent {
+        stray: bool,
+        now: Duration,
+        written: usize,
+    }
+
+    impl Link for StrayThenSilent {
+        fn write_all(&mut self, data: &[u8]) -> std::result::Result<(), LinkError> {
+            self.written += data.len();
+            Ok(())
+        }
+        fn read(
+            &mut self,
+            buf: &mut [u8],
+            timeout: Duration,
+        ) -> std::result::Result<usize, LinkError> {
+            if self.written >= 255 && !self.stray {
+                self.stray = true;
+                buf[0] = 0x42;
+                return Ok(1);
+            }
+            self.now += timeout;
+            Err(LinkError::Timeout(timeout))
+        }
+        fn discard_input(&mut self) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+        fn set_dtr(&mut self, _: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+        fn set_rts(&mut self, _: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+        fn set_break(&mut self, _: bool) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+        fn set_line(&mut self, _: LineSettings) -> std::result::Result<(), LinkError> {
+            Ok(())
+        }
+        fn line(&self) -> LineSettings {
+            LineSettings::default()
+        }
+        fn delay(&mut self, d: Duration) {
+            self.now += d;
+        }
+        fn now(&self) -> Duration {
+            self.now
+        }
+        fn describe(&self) -> String {
+            "stray then silent".into()
+        }
+    }
+
+    #[test]
+    fn a_stray_byte_during_resync_neither_panics_nor_overruns_the_filler_budget() {
+        // Fuzz regression (fuzz/regressions/session/resync-filler-underflow): a stray byte kept
+        // the batch size, `sent` passed the budget and the next size underflowed.
+        let link = StrayThenSilent {
+            stray: false,
+            now: Duration::ZERO,
+            written: 0,
+        };
+        let mut session = Session::new(Box::new(link), Timeouts::default());
+        assert!(
+            session.resync().is_err(),
+            "nobody answers: the resync fails"
+        );
     }
 
     #[test]
