@@ -224,6 +224,34 @@ impl Error {
         }
     }
 
+    /// The same error with its hint replaced by `f(hint)`, for a NACK or a timeout (the errors
+    /// that carry one); any other error is returned as it is.
+    pub fn map_hint(self, f: impl FnOnce(Option<String>) -> Option<String>) -> Error {
+        match self {
+            Error::Timeout {
+                command,
+                phase,
+                timeout,
+                hint,
+            } => Error::Timeout {
+                command,
+                phase,
+                timeout,
+                hint: f(hint),
+            },
+            Error::Nack {
+                command,
+                phase,
+                hint,
+            } => Error::Nack {
+                command,
+                phase,
+                hint: f(hint),
+            },
+            other => other,
+        }
+    }
+
     /// The process exit code the command-line tool uses for this error (the README's table):
     /// 2 bad input, 3 no connection, 4 verify failed, 5 refused or out of protocol, 6 link or
     /// file I/O.

@@ -1177,30 +1177,7 @@ fn gone(e: Error, lost: &Error) -> Error {
             .to_string(),
         other => other.to_string(),
     };
-    let note = |_: Option<String>| Some(format!("then the bootloader did not come back: {why}"));
-    match e {
-        Error::Timeout {
-            command,
-            phase,
-            timeout,
-            hint,
-        } => Error::Timeout {
-            command,
-            phase,
-            timeout,
-            hint: note(hint),
-        },
-        Error::Nack {
-            command,
-            phase,
-            hint,
-        } => Error::Nack {
-            command,
-            phase,
-            hint: note(hint),
-        },
-        other => other,
-    }
+    e.map_hint(|_| Some(format!("then the bootloader did not come back: {why}")))
 }
 
 /// `e` after `attempts` tries: its hint says so, since a timeout's usual advice (a longer
@@ -1209,35 +1186,12 @@ fn tried(e: Error, attempts: u32) -> Error {
     if attempts <= 1 {
         return e;
     }
-    let note = |hint: Option<String>| {
+    e.map_hint(|hint| {
         Some(format!(
             "failed {attempts} times with a resync between tries{}",
             hint.map(|h| format!("; {h}")).unwrap_or_default()
         ))
-    };
-    match e {
-        Error::Timeout {
-            command,
-            phase,
-            timeout,
-            hint,
-        } => Error::Timeout {
-            command,
-            phase,
-            timeout,
-            hint: note(hint),
-        },
-        Error::Nack {
-            command,
-            phase,
-            hint,
-        } => Error::Nack {
-            command,
-            phase,
-            hint: note(hint),
-        },
-        other => other,
-    }
+    })
 }
 
 /// The filler byte for [`Session::resync`] after an exchange that sent `sent`: the first even

@@ -742,21 +742,15 @@ pub fn recover(
 }
 
 fn at(e: Error, address: u32) -> Error {
-    match e {
-        Error::Nack {
-            command,
-            phase,
-            hint,
-        } => Error::Nack {
-            command,
-            phase,
-            hint: Some(format!(
-                "at 0x{address:08X}{}",
-                hint.map(|h| format!(": {h}")).unwrap_or_default()
-            )),
-        },
-        other => other,
+    if !matches!(e, Error::Nack { .. }) {
+        return e;
     }
+    e.map_hint(|hint| {
+        Some(format!(
+            "at 0x{address:08X}{}",
+            hint.map(|h| format!(": {h}")).unwrap_or_default()
+        ))
+    })
 }
 
 /// Run erase steps; returns how many pages were erased.
