@@ -103,17 +103,31 @@ impl Relay {
     }
 
     fn start_with(sim: &Sim, key_file: &Path, endpoint: &[&str], extra: &[&str]) -> Relay {
+        Relay::launch(sim, Some(key_file), endpoint, extra, &[])
+    }
+
+    /// `stm32boot relay -vv` on the simulator's port with `env` set on top of a clean
+    /// environment (no relay key variables, no RUST_LOG), its key from `key_file` or, without
+    /// one, from `env`.
+    fn launch(
+        sim: &Sim,
+        key_file: Option<&Path>,
+        endpoint: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
         let log = sim.dir().join(format!("relay-{}.log", rand_suffix()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stm32boot"))
-            .args(["relay", "-vv", "--port"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stm32boot"));
+        cmd.args(["relay", "-vv", "--port"])
             .arg(&sim.tty)
-            .arg("--key-file")
-            .arg(key_file)
-            .args(endpoint)
-            .args(extra)
             .env_remove("STM32BOOT_RELAY_KEY")
             .env_remove("STM32BOOT_RELAY_KEY_FILE")
-            .env_remove("RUST_LOG")
+            .env_remove("RUST_LOG");
+        if let Some(k) = key_file {
+            cmd.arg("--key-file").arg(k);
+        }
+        cmd.args(endpoint).args(extra).envs(env.iter().copied());
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("test setup"))
@@ -821,55 +835,15 @@ fn a_wrong_key_through_a_modem_is_refused_and_the_modem_hangs_up() {
 
 // ---- the key stays secret, attempts are rate-limited, ports are held exclusively ----------
 
-/// `stm32boot relay` with `env` set on top of a clean environment (no relay key variables, no
-/// RUST_LOG), its key from `key_file` or, without one, from `env`.
+/// A relay listening on loopback, its key from `key_file` or, without one, from `env`.
 fn start_relay_with_env(
     sim: &Sim,
     key_file: Option<&Path>,
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Relay {
-    let log = sim.dir().join(format!("relay-{}.log", rand_suffix()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stm32boot"));
-    cmd.args(["relay", "-vv", "--port"])
-        .arg(&sim.tty)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("STM32BOOT_RELAY_KEY")
-        .env_remove("STM32BOOT_RELAY_KEY_FILE")
-        .env_remove("RUST_LOG");
-    if let Some(k) = key_file {
-        cmd.arg("--key-file").arg(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("test setup"))
-        .spawn()
-        .expect("the relay starts");
-    let stdout = child.stdout.take().expect("test setup");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    let url = rx.recv_timeout(LONG).unwrap_or_default().trim().to_string();
-    let relay = Relay {
-        child: Some(child),
-        url,
-        log,
-    };
-    assert!(
-        relay.url.starts_with("relay://"),
-        "the relay should print its URL first; its log:\n{}",
-        relay.log()
-    );
+    let relay = Relay::launch(sim, key_file, &["--listen", "127.0.0.1:0"], extra, env);
+    assert!(relay.url.starts_with("relay://"), "{}", relay.url);
     relay
 }
 
