@@ -942,6 +942,18 @@ pub fn read_memory(
     len: u32,
     progress: &mut dyn Progress,
 ) -> Result<Vec<u8>> {
+    read_blocks(conn, addr, len, progress, false)
+}
+
+/// `len` bytes from `addr` in Read Memory blocks, each read once, or (`stable`) until reads
+/// agree ([`crate::session::Session::read_memory_stable`]). Checks the range first.
+fn read_blocks(
+    conn: &mut Connection,
+    addr: u32,
+    len: u32,
+    progress: &mut dyn Progress,
+    stable: bool,
+) -> Result<Vec<u8>> {
     if len == 0 {
         return Err(Error::InvalidRequest(
             "nothing to read: the length is 0".into(),
@@ -955,8 +967,12 @@ pub fn read_memory(
     let mut out = vec![0u8; len as usize];
     progress.start(Stage::Read, u64::from(len));
     for (i, chunk) in out.chunks_mut(MAX_BLOCK).enumerate() {
-        conn.session
-            .read_memory(addr + (i * MAX_BLOCK) as u32, chunk)?;
+        let at = addr + (i * MAX_BLOCK) as u32;
+        if stable {
+            conn.session.read_memory_stable(at, chunk)?;
+        } else {
+            conn.session.read_memory(at, chunk)?;
+        }
         progress.update(Stage::Read, ((i * MAX_BLOCK) + chunk.len()) as u64);
     }
     progress.finish(Stage::Read);
@@ -976,18 +992,7 @@ pub fn read_memory_stable(
     let by_crc =
         conn.bootloader.supports(Command::GetChecksum) && addr % 4 == 0 && len % 4 == 0 && len > 0;
     if !by_crc {
-        if len == 0 {
-            return read_memory(conn, addr, len, progress);
-        }
-        let mut out = vec![0u8; len as usize];
-        progress.start(Stage::Read, u64::from(len));
-        for (i, chunk) in out.chunks_mut(MAX_BLOCK).enumerate() {
-            conn.session
-                .read_memory_stable(addr + (i * MAX_BLOCK) as u32, chunk)?;
-            progress.update(Stage::Read, ((i * MAX_BLOCK) + chunk.len()) as u64);
-        }
-        progress.finish(Stage::Read);
-        return Ok(out);
+        return read_blocks(conn, addr, len, progress, true);
     }
     let mut data = read_memory(conn, addr, len, progress)?;
     let crc = conn
